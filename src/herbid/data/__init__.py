@@ -1,0 +1,1 @@
+"""Data stage: sources → curation → splits → dataset folders."""
