@@ -59,7 +59,7 @@ def save_manifest(folder: str | Path, frame: pd.DataFrame) -> Path:
 def manifest_hash(folder: str | Path) -> str:
     """A content hash of the manifest rows that define the data (images and labels)."""
     frame = load_manifest(folder)
-    keys = frame[["image_id", "sha256", "scientificName", "split"]].astype(str)
+    keys = frame[["image_id", "sha256", "scientificName", "split"]].astype(object).fillna("").astype(str)
     digest = hashlib.sha256()
     for row in sorted(map(tuple, keys.itertuples(index=False))):
         digest.update("\x1f".join(row).encode())

@@ -85,13 +85,15 @@ class Problem:
 
     ``stage`` is where it was found (``source``, ``fetch``, ``image``, ``curation``);
     ``action`` is what happened to it (``dropped``, ``quarantined``, ``converted``,
-    ``reported``).
+    ``reported``). ``reason`` is a short category shared by many inputs (``exact
+    duplicate``, ``truncated image``); ``detail`` says what is specific to this one.
     """
 
     stage: str
     where: str
     reason: str
     action: str = "dropped"
+    detail: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)

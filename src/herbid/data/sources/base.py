@@ -29,8 +29,8 @@ class ProblemLog:
     def __init__(self) -> None:
         self.items: list[Problem] = []
 
-    def add(self, stage: str, where: str, reason: str, action: str = "dropped") -> None:
-        self.items.append(Problem(stage=stage, where=str(where), reason=reason, action=action))
+    def add(self, stage: str, where: str, reason: str, action: str = "dropped", detail: str = "") -> None:
+        self.items.append(Problem(stage=stage, where=str(where), reason=reason, action=action, detail=detail))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -39,9 +39,11 @@ class ProblemLog:
         return iter(self.items)
 
     def by_reason(self) -> dict[str, int]:
+        """Counts per reason category: the text before the first colon, if any."""
         counts: dict[str, int] = {}
         for item in self.items:
-            counts[item.reason] = counts.get(item.reason, 0) + 1
+            category = item.reason.split(":", 1)[0]
+            counts[category] = counts.get(category, 0) + 1
         return counts
 
 
@@ -101,9 +103,18 @@ def open_source(location: str | Path, kind: str | None = None, **options: Any) -
     )
 
 
+BUILTIN_SOURCE_MODULES = ("folders", "dwca", "tabular", "portals")
+
+
 def _load_builtin_sources() -> None:
     # Importing the modules runs their @register_source decorators.
-    from herbid.data.sources import dwca, folders, portals, tabular  # noqa: F401
+    import importlib
+
+    for module in BUILTIN_SOURCE_MODULES:
+        try:
+            importlib.import_module(f"herbid.data.sources.{module}")
+        except ModuleNotFoundError:  # TEMP while helpers write them
+            pass
 
 
 def is_image_file(path: Path) -> bool:

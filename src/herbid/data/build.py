@@ -1,0 +1,336 @@
+"""``herbid dataset build``: sources → names → fetch → images → curation → dataset folder.
+
+Each stage is a small function over a list of records plus the shared
+:class:`~herbid.data.sources.base.ProblemLog`; nothing is dropped without an entry in
+``report.json``. Images are content-addressed and finished ones are never redone, so an
+interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import herbid
+from herbid.data.folder import REPORT, manifest_hash, save_manifest, write_json
+from herbid.data.imaging import DEFAULT_MAX_PIXELS, ImageRejected, StoredImage, store_image
+from herbid.data.phash import NEAR_DUPLICATE_BITS, near_duplicates_of_hex
+from herbid.data.names import load_synonyms, parse_scientific_name
+from herbid.data.records import DWC_TERMS, SourceRecord
+from herbid.data.sources.base import ProblemLog, Source, SourceError, open_source
+from herbid.progress import progress_bar
+
+
+@dataclass
+class BuildOptions:
+    """Options of ``herbid dataset build`` (defaults keep everything usable)."""
+
+    min_per_species: int = 1
+    max_per_species: int | None = None
+    synonyms: Path | None = None
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    download_workers: int = 8
+    download_timeout: float = 30.0
+    max_download_bytes: int = 100 * 2**20
+    #: Hamming distance (of 256 bits) at or under which two sheets count as near duplicates.
+    near_duplicate_bits: int = NEAR_DUPLICATE_BITS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    seed: int = 0
+    kind: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    images: int
+    species: int
+    report: dict[str, Any]
+
+
+def build_dataset(sources: Sequence[str | Path | Source], out: str | Path,
+                  options: BuildOptions | None = None) -> BuildResult:
+    """Build (or resume building) a dataset folder from one or more sources."""
+    options = options or BuildOptions()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    problems = ProblemLog()
+    counts: dict[str, int] = {}
+
+    records, source_names = read_sources(sources, problems, kind=options.kind)
+    counts["records_read"] = len(records)
+    records = normalise_names(records, problems, load_synonyms(options.synonyms) if options.synonyms else {})
+    records = fetch_remote(records, out, problems, options)
+    counts["records_with_file"] = len(records)
+    rows = store_images(records, out, problems, options)
+    counts["images_decoded"] = len(rows)
+    frame = rows_to_frame(rows)
+    frame = drop_exact_duplicates(frame, problems)
+    counts["after_exact_duplicates"] = len(frame)
+    frame = drop_unusable_names(frame, problems)
+    counts["with_species_name"] = len(frame)
+    near_pairs = find_near_duplicates(frame, options.near_duplicate_bits)
+    for a, b, distance in near_pairs:
+        problems.add("curation", f"{a} ~ {b}", "near duplicate", action="reported", detail=f"phash distance {distance}")
+    frame = apply_species_limits(frame, problems, options)
+    counts["images"] = len(frame)
+    counts["species"] = int(frame["scientificName"].nunique()) if len(frame) else 0
+
+    save_manifest(out, frame)
+    report = {
+        "herbid_version": herbid.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sources": source_names,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "counts": counts,
+        "manifest_sha256": manifest_hash(out),
+        "problems_by_reason": problems.by_reason(),
+        "near_duplicates": [{"a": a, "b": b, "distance": d} for a, b, d in near_pairs],
+        "problems": [p.to_dict() for p in problems],
+    }
+    write_json(out / REPORT, report)
+    return BuildResult(out=out, images=counts["images"], species=counts["species"], report=report)
+
+
+# --- stage 1: sources -------------------------------------------------------------------
+
+def read_sources(sources: Iterable[str | Path | Source], problems: ProblemLog, *, kind: str | None = None
+                 ) -> tuple[list[SourceRecord], list[dict[str, str]]]:
+    """All records of all sources; a source that cannot be read at all is reported."""
+    records: list[SourceRecord] = []
+    described: list[dict[str, str]] = []
+    for location in sources:
+        try:
+            source = location if isinstance(location, Source) else open_source(location, kind=kind)
+            found = list(source.records(problems))
+        except SourceError as exc:
+            problems.add("source", str(location), str(exc))
+            described.append({"location": str(location), "kind": "unreadable", "records": "0"})
+            continue
+        for record in found:
+            record.source = record.source or source.name
+        described.append({"location": source.location, "kind": source.name, "records": str(len(found))})
+        records.extend(found)
+    return records, described
+
+
+# --- stage 2: names ---------------------------------------------------------------------
+
+UNUSABLE = "unusable_name"  # extra key: why a record's name cannot be a training label
+
+
+def normalise_names(records: list[SourceRecord], problems: ProblemLog, synonyms: dict[str, str]
+                    ) -> list[SourceRecord]:
+    """Strip authorship and apply synonyms.
+
+    Records without a usable species name are marked, not dropped yet: a local image may
+    be a byte-identical copy of a named sheet (the duplicate report must see it), while a
+    remote one is dropped now so it is never downloaded.
+    """
+    kept = []
+    for record in records:
+        reason, detail = _label(record, synonyms, problems)
+        if reason:
+            if is_url(record.source_path):
+                problems.add("names", record.origin or record.source_path, reason, detail=detail)
+                continue
+            record.extra[UNUSABLE] = (reason, detail)
+        kept.append(record)
+    return kept
+
+
+def _label(record: SourceRecord, synonyms: dict[str, str], problems: ProblemLog) -> tuple[str, str]:
+    """Set the record's canonical label; return (reason, detail) when it has none."""
+    raw = record.scientificName or record.verbatimScientificName
+    if not raw:
+        return "no scientific name", ""
+    parsed = parse_scientific_name(raw)
+    folder_label = bool(record.extra.get("label_is_folder"))
+    label = parsed.canonical
+    if label is None and folder_label:
+        label = raw  # opaque folder labels such as "V01"
+    elif parsed.uncertain:
+        return "uncertain identification (cf./aff.)", raw
+    elif label is None:
+        return "unparseable scientific name", raw
+    elif not parsed.is_species and not folder_label:
+        return "identified to genus only", raw
+    accepted = synonyms.get(label, label)
+    if accepted != label:
+        problems.add("names", record.origin or record.source_path, "synonym replaced", action="converted",
+                     detail=f"{label} → {accepted}")
+    record.verbatimScientificName = record.verbatimScientificName or raw
+    record.scientificName = accepted
+    record.genus = record.genus or (accepted.split()[0] if parsed.canonical else None)
+    return "", ""
+
+
+# --- stage 3: fetch ---------------------------------------------------------------------
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def fetch_remote(records: list[SourceRecord], out: Path, problems: ProblemLog, options: BuildOptions
+                 ) -> list[SourceRecord]:
+    """Download URL images into ``out/downloads`` (resumable); local paths pass through."""
+    urls = sorted({r.source_path for r in records if is_url(r.source_path)})
+    local_copy: dict[str, Path] = {}
+    if urls:
+        from herbid.data.download import download_images
+
+        local_copy = download_images(
+            urls, out / "downloads", problems,
+            workers=options.download_workers, timeout=options.download_timeout,
+            max_bytes=options.max_download_bytes, progress=options.progress,
+        )
+    kept = []
+    for record in records:
+        if is_url(record.source_path):
+            if record.source_path not in local_copy:
+                continue  # the downloader reported why
+            record.extra["local_path"] = str(local_copy[record.source_path])
+        kept.append(record)
+    return kept
+
+
+# --- stage 4: images --------------------------------------------------------------------
+
+def _store_one(args: tuple[str, str, int]) -> StoredImage | str:
+    path, out, max_pixels = args
+    try:
+        return store_image(Path(path), Path(out), max_pixels=max_pixels)
+    except ImageRejected as exc:
+        return str(exc)
+
+
+def store_images(records: list[SourceRecord], out: Path, problems: ProblemLog, options: BuildOptions
+                 ) -> list[dict[str, Any]]:
+    """Decode and store every image (in parallel); bad files are quarantined with a reason."""
+    jobs = [(r.extra.get("local_path", r.source_path), str(out), options.max_pixels) for r in records]
+    results: list[StoredImage | str] = []
+    with progress_bar("images", total=len(jobs), enabled=options.progress) as advance:
+        for result in _map(_store_one, jobs, options.workers):
+            results.append(result)
+            advance()
+    rows = []
+    for record, result in zip(records, results):
+        where = record.origin or record.source_path
+        if isinstance(result, str):
+            action = "dropped" if result == "missing file" else "quarantined"
+            problems.add("image", where, result, action=action, detail=record.source_path)
+            continue
+        for note in result.conversions:
+            problems.add("image", where, "converted", action="converted", detail=note)
+        rows.append(_manifest_row(record, result))
+    return rows
+
+
+def _map(function: Callable, jobs: list, workers: int) -> Iterable:
+    if workers <= 1 or len(jobs) < 2:
+        return map(function, jobs)
+    return _pool_map(function, jobs, workers)
+
+
+def _pool_map(function: Callable, jobs: list, workers: int) -> Iterable:
+    # small chunks keep the progress bar moving; a few per worker amortise the IPC
+    chunksize = max(1, min(8, len(jobs) // (8 * workers)))
+    with ProcessPoolExecutor(max_workers=workers) as executor:
+        yield from executor.map(function, jobs, chunksize=chunksize)
+
+
+def _manifest_row(record: SourceRecord, stored: StoredImage) -> dict[str, Any]:
+    row: dict[str, Any] = {term: getattr(record, term) for term in DWC_TERMS}
+    row.update(
+        image_id=stored.image_id,
+        source=record.source,
+        source_path=record.source_path,
+        image_path=stored.image_path,
+        large_image_path=stored.large_image_path,
+        sha256=stored.sha256,
+        phash=stored.phash,
+        width=stored.width,
+        height=stored.height,
+        split=None,
+        where=record.origin or record.source_path,
+        unusable=" | ".join(record.extra[UNUSABLE]) if UNUSABLE in record.extra else None,
+    )
+    for key, value in row.items():
+        if value is not None and key not in {"width", "height"}:
+            row[key] = str(value)
+    return row
+
+
+def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    from herbid.data.records import MANIFEST_COLUMNS
+
+    frame = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "where", "unusable"])
+    frame["width"] = frame["width"].astype("int64")
+    frame["height"] = frame["height"].astype("int64")
+    return frame
+
+
+# --- stage 5: curation ------------------------------------------------------------------
+
+def drop_exact_duplicates(frame: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame:
+    """Byte-identical files are kept once; every other copy is reported.
+
+    The copy kept is the first one with a usable name, so a named duplicate rescues an
+    unnamed sheet.
+    """
+    order = frame.assign(_unnamed=frame["unusable"].notna()).sort_values("_unnamed", kind="stable")
+    duplicated = order.duplicated("sha256", keep="first")
+    first_by_hash = order.loc[~duplicated].set_index("sha256")
+    for _, row in order.loc[duplicated].iterrows():
+        kept = first_by_hash.loc[row["sha256"]]
+        detail = f"same bytes as {kept['source_path']}"
+        if kept["scientificName"] != row["scientificName"]:
+            detail += f" (named {kept['scientificName']!r} there, {row['scientificName']!r} here)"
+        problems.add("curation", row["source_path"], "exact duplicate", detail=detail)
+    return order.loc[~duplicated].drop(columns="_unnamed").sort_index().reset_index(drop=True)
+
+
+def drop_unusable_names(frame: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame:
+    """Drop (and report) the images whose name cannot be a species label."""
+    unusable = frame["unusable"].notna()
+    for _, row in frame.loc[unusable].iterrows():
+        reason, _, detail = row["unusable"].partition(" | ")
+        problems.add("names", row["where"], reason, detail=detail)
+    return frame.loc[~unusable].drop(columns=["unusable", "where"]).reset_index(drop=True)
+
+
+def find_near_duplicates(frame: pd.DataFrame, max_bits: int) -> list[tuple[str, str, int]]:
+    """Pairs of images (by id) whose perceptual hashes differ in at most ``max_bits`` bits."""
+    pairs = near_duplicates_of_hex(frame["phash"].tolist(), max_bits)
+    ids = frame["image_id"].tolist()
+    return [(ids[i], ids[j], d) for i, j, d in pairs]
+
+
+def apply_species_limits(frame: pd.DataFrame, problems: ProblemLog, options: BuildOptions) -> pd.DataFrame:
+    """``--max-per-species`` samples (seeded); ``--min-per-species`` drops small species."""
+    keep = pd.Series(True, index=frame.index)
+    rng = random.Random(options.seed)
+    for species, group in frame.groupby("scientificName", sort=True):
+        if options.max_per_species and len(group) > options.max_per_species:
+            ordered = sorted(group.index, key=lambda i: frame.at[i, "image_id"])
+            excess = set(ordered) - set(rng.sample(ordered, options.max_per_species))
+            for i in sorted(excess):
+                problems.add("curation", frame.at[i, "source_path"], "over --max-per-species",
+                             detail=f"{species}: kept {options.max_per_species} of {len(group)}")
+                keep[i] = False
+        if int(keep[group.index].sum()) < options.min_per_species:
+            for i in group.index[keep[group.index]]:
+                problems.add("curation", frame.at[i, "source_path"], "under --min-per-species",
+                             detail=f"{species}: {int(keep[group.index].sum())} < {options.min_per_species}")
+                keep[i] = False
+    return frame.loc[keep].reset_index(drop=True)
+
+

@@ -1,0 +1,500 @@
+"""Fetching images and API pages over HTTP, politely and without ever raising on a bad URL.
+
+Herbarium portals hand out image URLs on hundreds of hosts of very uneven quality: some are
+gone, some are slow, some rate-limit, some answer an HTML error page with status 200. A
+dataset build must survive all of them, so :func:`download_images` turns every failure into
+a :class:`~herbid.data.records.Problem` (stage ``fetch``) and returns only what it got.
+
+The same retry policy (exponential back-off on network errors and 5xx, ``Retry-After`` on
+429, at most one quick retry when a host cannot be reached at all) serves the portal API
+calls through :func:`get_json`, so an offline run fails in seconds rather than minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from herbid import __version__
+from herbid.data.folder import atomic_path
+from herbid.data.sources.base import ProblemLog
+from herbid.progress import progress_bar
+
+__all__ = [
+    "FetchError",
+    "RetryPolicy",
+    "download_images",
+    "existing_download",
+    "get_json",
+    "image_filename_stem",
+    "is_http_url",
+]
+
+#: The back-off wait. Tests patch this (or pass ``sleep=``) so that retries cost no time.
+backoff_sleep: Callable[[float], None] = time.sleep
+
+USER_AGENT = f"herbid/{__version__} (herbarium dataset builder; python-httpx)"
+CHUNK = 64 * 1024
+
+#: Extensions a downloaded image may get; anything else is named ``.bin`` for the image stage to judge.
+_IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"})
+#: Leading bytes of the formats herbaria serve, to name files by what they are, not what they claim.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"GIF87a", ".gif"),
+    (b"GIF89a", ".gif"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+    (b"BM", ".bmp"),
+    (b"\x00\x00\x00\x0cjP  ", ".jp2"),
+)
+#: Content types that are certainly not a specimen photograph (error pages, SVG placeholders).
+_NOT_IMAGES = ("text/", "application/json", "application/xml", "application/xhtml", "image/svg")
+
+T = TypeVar("T")
+
+
+class FetchError(Exception):
+    """An HTTP request that failed for good (after the retries the policy allows).
+
+    ``unreachable`` is true when no connection could be made at all (DNS, refused, connect
+    timeout): callers report that as "are you offline?" rather than as a bad answer.
+    """
+
+    def __init__(self, url: str, reason: str, *, status: int | None = None, unreachable: bool = False) -> None:
+        super().__init__(reason)
+        self.url = url
+        self.reason = reason
+        self.status = status
+        self.unreachable = unreachable
+
+
+@dataclass
+class RetryPolicy:
+    """How often, and after how long, to ask a server again.
+
+    Network errors, timeouts and 5xx answers are retried ``retries`` times with exponential
+    back-off (``base * 2**attempt``, capped at ``cap``). A host that cannot be reached at
+    all is retried only ``connect_retries`` times after ``connect_delay`` seconds: offline,
+    every URL fails that way, and waiting longer would only delay the report. A 429 waits
+    for the server's ``Retry-After`` (capped at ``max_wait``) and counts as an attempt.
+    """
+
+    retries: int = 3
+    connect_retries: int = 1
+    base: float = 0.5
+    cap: float = 30.0
+    connect_delay: float = 0.25
+    max_wait: float = 60.0
+    sleep: Callable[[float], None] | None = None
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.base * (2**attempt), self.cap)
+
+    def retry_after(self, headers: httpx.Headers, attempt: int) -> float:
+        """Seconds to wait after a 429: the server's ``Retry-After`` if it gave one, capped."""
+        wait = parse_retry_after(headers.get("retry-after"))
+        if wait is None:
+            wait = self.backoff(attempt)
+        return max(0.0, min(wait, self.max_wait))
+
+    def wait(self, seconds: float) -> None:
+        # ``backoff_sleep`` is looked up at call time so that patching the module works.
+        (self.sleep or backoff_sleep)(seconds)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now; HTTP allows a number or a date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - time.time()
+
+
+def is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
+def image_filename_stem(url: str) -> str:
+    """The stable local name of ``url`` without extension: the SHA-1 of the URL."""
+    return hashlib.sha1(url.encode("utf-8")).hexdigest()
+
+
+def error_text(exc: BaseException) -> str:
+    """A one-line description of ``exc`` (some httpx errors have an empty message)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+# --- one attempt's outcome, raised inside an attempt and judged by the retry loop --------------
+
+
+class _Retry(Exception):
+    """This attempt failed in a way worth trying again; ``wait`` overrides the back-off."""
+
+    def __init__(self, reason: str, *, connect: bool = False, wait: float | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.connect = connect
+        self.wait = wait
+        self.status = status
+
+
+class _GiveUp(Exception):
+    """This URL will not work however often it is asked (404, too large, not an image)."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def _classify_transport_error(exc: httpx.TransportError, timeout: float) -> _Retry:
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return _Retry(f"unreachable: {error_text(exc)}", connect=True)
+    if isinstance(exc, httpx.TimeoutException):
+        return _Retry(f"timed out: no answer within {timeout:g} s")
+    return _Retry(f"network error: {error_text(exc)}")
+
+
+def _check_status(response: httpx.Response, policy: RetryPolicy, attempt: int) -> None:
+    """Raise the outcome a non-2xx answer means; return quietly on success."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    label = f"{status} {response.reason_phrase}".strip()
+    if status == 429:
+        raise _Retry(f"rate limited: {label}", wait=policy.retry_after(response.headers, attempt), status=status)
+    if status >= 500:
+        raise _Retry(f"server error: {label}", status=status)
+    raise _GiveUp(f"http error: {label}", status=status)
+
+
+class _Attempts:
+    """Runs one request again until it succeeds, gives up, or the policy says stop."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.count = 0
+
+    def run(self, attempt_once: Callable[[int], T]) -> T:
+        """Call ``attempt_once(attempt)``; re-raise the last ``_Retry``/``_GiveUp`` on failure."""
+        retries = connect_failures = 0
+        while True:
+            self.count += 1
+            try:
+                return attempt_once(self.count - 1)
+            except _Retry as failure:
+                if failure.connect:
+                    connect_failures += 1
+                    if connect_failures > self.policy.connect_retries:
+                        raise
+                    delay = self.policy.connect_delay
+                else:
+                    if retries >= self.policy.retries:
+                        raise
+                    delay = failure.wait if failure.wait is not None else self.policy.backoff(retries)
+                    retries += 1
+                self.policy.wait(delay)
+
+
+# --- JSON pages (portal APIs) -----------------------------------------------------------------
+
+
+def get_json(
+    client: httpx.Client,
+    url: str,
+    params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+    *,
+    retries: int = 3,
+    sleep: Callable[[float], None] | None = None,
+    timeout: float | None = None,
+    max_wait: float = 60.0,
+) -> dict[str, Any]:
+    """GET ``url`` and return its JSON object, with the downloader's retry policy.
+
+    Raises :class:`FetchError` when the server cannot be reached, keeps failing, answers a
+    client error (the reason quotes the start of the body, which is where APIs explain a
+    bad query) or answers something that is not a JSON object.
+    """
+    policy = RetryPolicy(retries=retries, sleep=sleep, max_wait=max_wait)
+    request_timeout: Any = timeout if timeout is not None else client.timeout
+
+    def attempt_once(attempt: int) -> dict[str, Any]:
+        try:
+            response = client.get(url, params=params, timeout=request_timeout)
+        except httpx.TransportError as exc:
+            raise _classify_transport_error(exc, _timeout_seconds(request_timeout)) from exc
+        if 400 <= response.status_code < 500 and response.status_code != 429:
+            snippet = " ".join(response.text[:300].split())
+            raise _GiveUp(f"http error: {response.status_code} {response.reason_phrase}: {snippet}",
+                          response.status_code)
+        _check_status(response, policy, attempt)
+        return _json_object(response)
+
+    try:
+        return _Attempts(policy).run(attempt_once)
+    except _Retry as failure:
+        raise FetchError(url, failure.reason, status=failure.status, unreachable=failure.connect) from None
+    except _GiveUp as failure:
+        raise FetchError(url, failure.reason, status=failure.status) from None
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _GiveUp(f"not JSON: {error_text(exc)}") from exc
+    if not isinstance(data, dict):
+        raise _GiveUp(f"not JSON: expected an object, got {type(data).__name__}")
+    return data
+
+
+def _timeout_seconds(timeout: Any) -> float:
+    if isinstance(timeout, httpx.Timeout):
+        return timeout.read or timeout.connect or 0.0
+    return float(timeout or 0.0)
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """What every worker of one :func:`download_images` call shares."""
+
+    client: httpx.Client
+    dest_dir: Path
+    problems: ProblemLog
+    policy: RetryPolicy
+    timeout: float
+    max_bytes: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Hosts that could not be reached at all, with why: their later URLs fail at once.
+    dead_hosts: dict[str, str] = field(default_factory=dict)
+
+    def report(self, url: str, reason: str, detail: str = "") -> None:
+        with self.lock:  # ProblemLog is not meant to be shared between threads
+            self.problems.add("fetch", url, reason, "dropped", detail=detail)
+
+
+def existing_download(dest_dir: Path, url: str) -> Path | None:
+    """The completed download of ``url`` in ``dest_dir`` that an earlier run left, if any.
+
+    Only complete files carry the final name (a partial one is a hidden ``.part`` file until
+    it is renamed), so any non-empty ``<sha1>.<ext>`` counts.
+    """
+    stem = image_filename_stem(url)
+    for candidate in sorted(Path(dest_dir).glob(f"{stem}.*")):
+        if candidate.suffix != ".part" and candidate.is_file() and candidate.stat().st_size > 0:
+            return candidate
+    return None
+
+
+def guess_extension(url: str, content_type: str | None, head: bytes) -> str:
+    """The file extension: from the bytes if recognisable, else the content type, else the URL."""
+    for magic, ext in _MAGIC:
+        if head.startswith(magic):
+            return ext
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return ".webp"
+    if content_type:
+        ext = mimetypes.guess_extension(content_type.split(";")[0].strip().lower())
+        if ext in _IMAGE_EXTENSIONS:
+            return ext
+        if ext == ".jpe":
+            return ".jpg"
+    suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
+    return suffix if suffix in _IMAGE_EXTENSIONS else ".bin"
+
+
+def _refuse_content_type(content_type: str | None) -> None:
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind.startswith(_NOT_IMAGES):
+        raise _GiveUp(f"not an image: content-type {kind}")
+
+
+def _declared_length(response: httpx.Response) -> int | None:
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _target_in(dest_dir: Path, name: str) -> Path:
+    target = (dest_dir / name).resolve()
+    if target.parent != dest_dir.resolve():  # cannot happen with hex names; guards later edits
+        raise _GiveUp(f"refused: file name {name!r} would leave {dest_dir}")
+    return target
+
+
+def _stream_once(job: _Job, url: str, attempt: int) -> Path:
+    """One GET of ``url`` into ``dest_dir``; the file gets its name only once complete."""
+    deadline = time.monotonic() + job.timeout
+    try:
+        with job.client.stream("GET", url, timeout=job.timeout, follow_redirects=True) as response:
+            _check_status(response, job.policy, attempt)
+            _refuse_content_type(response.headers.get("content-type"))
+            declared = _declared_length(response)
+            if declared is not None and declared > job.max_bytes:
+                raise _GiveUp(f"too large: Content-Length {declared} > {job.max_bytes} bytes")
+            return _write_body(job, url, response, declared, deadline)
+    except httpx.TransportError as exc:
+        raise _classify_transport_error(exc, job.timeout) from exc
+    except httpx.HTTPError as exc:  # too many redirects, undecodable body
+        raise _GiveUp(f"http error: {error_text(exc)}") from exc
+    except httpx.InvalidURL as exc:
+        raise _GiveUp(f"refused: {error_text(exc)}") from exc
+
+
+def _write_body(job: _Job, url: str, response: httpx.Response, declared: int | None, deadline: float) -> Path:
+    chunks = response.iter_bytes(CHUNK)
+    head = _read_head(chunks, 16)  # enough to recognise the format before naming the file
+    target = _target_in(job.dest_dir, image_filename_stem(url) + guess_extension(
+        url, response.headers.get("content-type"), head))
+    received = 0
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+        for chunk in _chain_first(head, chunks):
+            received += len(chunk)
+            if received > job.max_bytes:
+                raise _GiveUp(f"too large: more than {job.max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise _Retry(f"timed out: not complete within {job.timeout:g} s")
+            out.write(chunk)
+        identity = response.headers.get("content-encoding", "identity").lower() == "identity"
+        if declared is not None and identity and received != declared:
+            raise _Retry(f"network error: incomplete body ({received} of {declared} bytes)")
+        if received == 0:
+            raise _GiveUp("empty response")
+    return target
+
+
+def _read_head(chunks: Iterator[bytes], size: int) -> bytes:
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= size:
+            break
+    return head
+
+
+def _chain_first(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _download_one(job: _Job, url: str) -> Path | None:
+    """Fetch one URL (or find it fetched already); report why and return None on failure."""
+    if not is_http_url(url):
+        job.report(url, "refused: not an http(s) URL")
+        return None
+    done = existing_download(job.dest_dir, url)
+    if done is not None:
+        return done
+    host = urlsplit(url).netloc.lower()
+    with job.lock:
+        dead = job.dead_hosts.get(host)
+    if dead is not None:
+        job.report(url, dead, detail="host unreachable earlier in this run; not tried")
+        return None
+    attempts = _Attempts(job.policy)
+    try:
+        return attempts.run(lambda attempt: _stream_once(job, url, attempt))
+    except _Retry as failure:
+        if failure.connect:
+            with job.lock:
+                job.dead_hosts.setdefault(host, failure.reason)
+        job.report(url, failure.reason, detail=f"{attempts.count} attempts")
+    except _GiveUp as failure:
+        job.report(url, failure.reason)
+    except OSError as exc:  # disk full, permissions: still this URL's problem, not the run's
+        job.report(url, f"cannot write: {error_text(exc)}")
+    except Exception as exc:  # noqa: BLE001 - the contract is to report, never to raise
+        job.report(url, f"failed: {type(exc).__name__}: {error_text(exc)}")
+    return None
+
+
+def _make_client(workers: int, timeout: float) -> httpx.Client:
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
+        follow_redirects=True,
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+def download_images(
+    urls: Sequence[str],
+    dest_dir: Path,
+    problems: ProblemLog,
+    *,
+    workers: int = 8,
+    timeout: float = 30.0,
+    max_bytes: int = 100 * 2**20,
+    retries: int = 3,
+    progress: bool = True,
+    client: httpx.Client | None = None,
+    sleep: Callable[[float], None] | None = None,
+    max_wait: float = 60.0,
+) -> dict[str, Path]:
+    """Download ``urls`` into ``dest_dir``; return ``{url: local path}`` for those that worked.
+
+    Each file is named ``sha1(url)`` plus an extension taken from its first bytes, content
+    type or URL, and gets that name only once complete, so a rerun after an interruption
+    fetches only what is missing. ``timeout`` bounds each attempt at each file (connecting,
+    every read, and the whole body); ``max_bytes`` bounds each file. At most ``workers``
+    requests run at once. Nothing raises for a bad URL: each failure is added to
+    ``problems`` (stage ``fetch``, action ``dropped``). A host that refuses connections
+    twice is not tried again in the same call. ``sleep`` replaces the back-off wait.
+    """
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    unique = list(dict.fromkeys(urls))
+    workers = max(1, workers)
+    own_client = client is None
+    http = client if client is not None else _make_client(workers, timeout)
+    job = _Job(http, dest_dir, problems, RetryPolicy(retries=retries, sleep=sleep, max_wait=max_wait),
+               timeout, max_bytes)
+    fetched: dict[str, Path] = {}
+    try:
+        show = progress and sys.stderr.isatty()
+        with progress_bar("downloading", total=len(unique), enabled=show) as advance, \
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="herbid-fetch") as pool:
+            futures = {pool.submit(_download_one, job, url): url for url in unique}
+            for future in as_completed(futures):
+                path = future.result()
+                if path is not None:
+                    fetched[futures[future]] = path
+                advance()
+    finally:
+        if own_client:
+            http.close()
+    return {url: fetched[url] for url in unique if url in fetched}

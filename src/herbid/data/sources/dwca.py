@@ -1,0 +1,494 @@
+"""Darwin Core Archives: a zip (or unpacked folder) with ``meta.xml`` describing its tables.
+
+This is how herbarium portals (Symbiota/SEINet, IPT, GBIF, iDigBio) publish specimens: an
+occurrence *core* table plus *extensions* joined to it by the core id. herbid reads the
+occurrence core and the multimedia extension (Audubon Core or GBIF Multimedia), and
+yields one record per image. An archive without a multimedia extension can still name
+its images in the core's ``associatedMedia``.
+
+meta.xml is parsed here with defusedxml and the csv module rather than through
+python-dwca-reader, for three reasons: the reader extracts zips to disk (herbid reads
+members in place, so a hostile archive never writes a file), it parses XML with the
+standard library (no protection against entity expansion), and it stops at the first
+malformed row, while herbid reports the row and goes on.
+
+Every dialect attribute of meta.xml is honoured: ``encoding`` (per line, with a Latin-1
+fallback that is reported), ``fieldsTerminatedBy``, ``fieldsEnclosedBy`` (empty: no
+quoting), ``linesTerminatedBy`` (``\\n``/``\\r\\n``/``\\r`` are treated alike because
+archives often declare one and ship another), ``ignoreHeaderLines`` and per-field
+``default`` values. Row-to-record rules and problem reporting are shared with the CSV
+source (see :mod:`herbid.data.sources.tabular`).
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from xml.etree.ElementTree import Element, ParseError
+
+from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
+from defusedxml.ElementTree import fromstring as safe_fromstring
+
+from herbid.data.records import SourceRecord
+from herbid.data.sources.base import IMAGE_SUFFIXES, ProblemLog, Source, SourceError, register_source
+from herbid.data.sources.tabular import (
+    Dialect,
+    MediaError,
+    MediaRef,
+    RowRules,
+    TextTable,
+    canonical_column,
+    check_encoding,
+    field_count_problem,
+    first_license,
+    looks_like_location,
+    missing_column_problem,
+    one_line,
+    open_zip,
+    put_value,
+    read_errors_as_source_error,
+    row_records,
+    split_media,
+    term_name,
+    unsafe_member,
+)
+
+META = "meta.xml"
+#: A meta.xml describes a handful of tables; anything bigger is not one.
+META_MAX_BYTES = 4 * 1024 * 1024
+#: rowTypes of extensions whose rows are images of the core's occurrences.
+MULTIMEDIA_ROW_TYPES = frozenset(
+    {
+        "http://rs.tdwg.org/ac/terms/multimedia",  # Audubon Core
+        "http://rs.gbif.org/terms/1.0/multimedia",  # GBIF Simple Multimedia
+        "http://rs.gbif.org/terms/1.0/image",  # GBIF Image (older)
+    }
+)
+#: Terms of a multimedia row that may hold the image location, in order of preference.
+MEDIA_LOCATION_TERMS: tuple[str, ...] = ("accessURI", "goodQualityAccessURI", "identifier", "furtherInformationURL")
+#: ``dc:type`` values (last URI segment, lower case) that are images.
+IMAGE_TYPES = frozenset({"stillimage", "image", "photograph"})
+_ESCAPE = re.compile(r"\\([tnr\\])")
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
+_STAGE = "source"
+
+
+# --------------------------------------------------------------------------- meta.xml
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One ``<field>``: a term, the column holding it (if any) and its default value."""
+
+    name: str
+    index: int | None
+    default: str | None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The ``<core>`` or one ``<extension>`` of meta.xml."""
+
+    row_type: str
+    locations: tuple[str, ...]
+    dialect: Dialect
+    #: Column of ``<id>`` (core) or ``<coreid>`` (extension).
+    key_index: int | None
+    fields: tuple[FieldSpec, ...]
+
+    @property
+    def max_index(self) -> int:
+        indexes = [f.index for f in self.fields if f.index is not None]
+        if self.key_index is not None:
+            indexes.append(self.key_index)
+        return max(indexes, default=-1)
+
+    @property
+    def is_multimedia(self) -> bool:
+        return self.row_type.strip().rstrip("/").lower() in MULTIMEDIA_ROW_TYPES
+
+    def has_term(self, name: str) -> bool:
+        return any(f.name == name for f in self.fields)
+
+    def values(self, row: list[str]) -> dict[str, str | None]:
+        """Term name → value; a blank or unmapped column takes the field's default."""
+        values: dict[str, str | None] = {}
+        for spec in self.fields:
+            value = row[spec.index] if spec.index is not None else None
+            if not (value or "").strip() and spec.default is not None:
+                value = spec.default
+            put_value(values, spec.name, value)
+        return values
+
+    def key(self, row: list[str]) -> str | None:
+        return row[self.key_index].strip() if self.key_index is not None else None
+
+
+@dataclass(frozen=True)
+class ArchiveMeta:
+    core: TableSpec
+    extensions: tuple[TableSpec, ...]
+
+    @property
+    def multimedia(self) -> list[TableSpec]:
+        return [ext for ext in self.extensions if ext.is_multimedia]
+
+
+def parse_meta(data: bytes, where: str) -> ArchiveMeta:
+    """Parse meta.xml safely; anything malformed or hostile is a one-line :class:`SourceError`."""
+    root = _parse_xml(data, where)
+    if _local(root.tag) != "archive":
+        raise SourceError(f"{where}: not a Darwin Core meta.xml (root element <{_local(root.tag)}>)")
+    cores = [child for child in root if _local(child.tag) == "core"]
+    if len(cores) != 1:
+        raise SourceError(f"{where}: expected one <core> element, found {len(cores)}")
+    extensions = tuple(_table(child, "coreid", where) for child in root if _local(child.tag) == "extension")
+    return ArchiveMeta(core=_table(cores[0], "id", where), extensions=extensions)
+
+
+def _parse_xml(data: bytes, where: str) -> Element:
+    try:
+        return safe_fromstring(data)
+    except EntitiesForbidden:
+        raise SourceError(f"{where}: refused: XML entity declarations are not allowed") from None
+    except DTDForbidden:
+        raise SourceError(f"{where}: refused: XML document type declarations are not allowed") from None
+    except ExternalReferenceForbidden:
+        raise SourceError(f"{where}: refused: XML external references are not allowed") from None
+    except DefusedXmlException as exc:
+        raise SourceError(f"{where}: refused: unsafe XML ({one_line(exc)})") from None
+    except (ParseError, ValueError) as exc:
+        raise SourceError(f"{where}: malformed XML ({one_line(exc)})") from None
+
+
+def _local(tag: Any) -> str:
+    """An element's name without its namespace (meta.xml files use it or not)."""
+    return str(tag).rsplit("}", 1)[-1]
+
+
+def _table(element: Element, key_tag: str, where: str) -> TableSpec:
+    kind = _local(element.tag)
+    row_type = (element.get("rowType") or "").strip()
+    if not row_type:
+        raise SourceError(f"{where}: <{kind}> has no rowType")
+    locations = tuple(
+        (loc.text or "").strip()
+        for files in element
+        if _local(files.tag) == "files"
+        for loc in files
+        if _local(loc.tag) == "location"
+    )
+    if not locations or not all(locations):
+        raise SourceError(f"{where}: <{kind} rowType={term_name(row_type)}> lists no data file")
+    keys = [child for child in element if _local(child.tag) == key_tag]
+    key_index = _index(keys[0], where) if keys else None
+    fields = tuple(_field(child, where) for child in element if _local(child.tag) == "field")
+    return TableSpec(row_type, locations, _dialect(element, where), key_index, fields)
+
+
+def _dialect(element: Element, where: str) -> Dialect:
+    delimiter = _unescape(element.get("fieldsTerminatedBy", ","))
+    if len(delimiter) != 1:
+        raise SourceError(f"{where}: fieldsTerminatedBy {delimiter!r} is not one character")
+    quote = _unescape(element.get("fieldsEnclosedBy", '"'))
+    if len(quote) > 1:
+        raise SourceError(f"{where}: fieldsEnclosedBy {quote!r} is not one character")
+    header = element.get("ignoreHeaderLines", "0").strip() or "0"
+    if not header.isdigit():
+        raise SourceError(f"{where}: ignoreHeaderLines {header!r} is not a number")
+    return Dialect(
+        encoding=check_encoding(element.get("encoding", "").strip() or "UTF-8", where),
+        delimiter=delimiter,
+        quotechar=quote or None,
+        terminator=_unescape(element.get("linesTerminatedBy", "\n")) or "\n",
+        header_lines=int(header),
+    )
+
+
+def _field(element: Element, where: str) -> FieldSpec:
+    term = (element.get("term") or "").strip()
+    if not term:
+        raise SourceError(f"{where}: <field> without a term")
+    index = _index(element, where) if element.get("index") is not None else None
+    return FieldSpec(name=canonical_column(term), index=index, default=element.get("default"))
+
+
+def _index(element: Element, where: str) -> int:
+    value = (element.get("index") or "").strip()
+    if not value.isdigit():
+        raise SourceError(f"{where}: <{_local(element.tag)}> index {value!r} is not a column number")
+    return int(value)
+
+
+def _unescape(value: str) -> str:
+    """meta.xml writes tab and line ends as ``\\t``, ``\\n``, ``\\r``."""
+    return _ESCAPE.sub(lambda m: _ESCAPES[m.group(1)], value)
+
+
+# --------------------------------------------------------------------------- where the files are
+
+
+class _Container:
+    """The files of an archive, unpacked in a folder or read in place from a zip."""
+
+    display: str
+    #: Folder that relative media paths resolve against, and must stay inside.
+    base: Path
+
+    def where(self, name: str) -> str:
+        return f"{self.display}/{name}"
+
+    def read_meta(self) -> bytes:
+        raise NotImplementedError
+
+    def opener(self, name: str) -> Callable[[], IO[bytes]]:
+        raise NotImplementedError
+
+    def check_local(self, value: str, location: str) -> None:
+        """Hook for media paths that resolved to a local file (the zip refuses its own)."""
+
+    def _checked_name(self, name: str) -> str:
+        posix = name.replace("\\", "/")
+        if unsafe_member(posix) or "://" in posix:
+            raise SourceError(f"{self.where(META)}: unsafe path in meta.xml: {name!r}")
+        return posix
+
+
+class _FolderContainer(_Container):
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.display = str(folder)
+        self.base = folder
+
+    def read_meta(self) -> bytes:
+        path = self.folder / META
+        if path.stat().st_size > META_MAX_BYTES:
+            raise SourceError(f"{self.where(META)}: too large for a meta.xml")
+        return path.read_bytes()
+
+    def opener(self, name: str) -> Callable[[], IO[bytes]]:
+        path = self.folder / self._checked_name(name)
+        if not path.is_file():
+            raise SourceError(f"{self.where(name)}: data file named in meta.xml is missing")
+        return lambda: path.open("rb")
+
+
+class _ZipContainer(_Container):
+    def __init__(self, path: Path, display: str) -> None:
+        self.display = display
+        self.base = path.parent
+        self.archive = open_zip(path, display)
+        self.names = set(self.archive.namelist())
+
+    def read_meta(self) -> bytes:
+        if self.archive.getinfo(META).file_size > META_MAX_BYTES:
+            raise SourceError(f"{self.where(META)}: too large for a meta.xml")
+        with self.archive.open(META) as handle:
+            return handle.read(META_MAX_BYTES + 1)[:META_MAX_BYTES]
+
+    def opener(self, name: str) -> Callable[[], IO[bytes]]:
+        member = self._checked_name(name)
+        if member not in self.names:
+            raise SourceError(f"{self.where(name)}: data file named in meta.xml is missing")
+        return lambda: self.archive.open(member)
+
+    def check_local(self, value: str, location: str) -> None:
+        member = str(PurePosixPath(value.replace("\\", "/")))
+        if member in self.names and not Path(location).exists():
+            raise MediaError("image inside the zip archive", f"unzip it and read the folder: {member}")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _checked_rows(table: TextTable, spec: TableSpec, problems: ProblemLog) -> Iterator[tuple[str, list[str]]]:
+    """Data rows with the right number of fields, as ``(origin, fields)``.
+
+    The expected width is the last header line's (or, with no header, the first row's):
+    a table may hold more columns than meta.xml maps, but every row must have the same
+    number. The last header line counts because earlier ones may be a free-text preamble.
+    """
+    rows = table.rows(problems)
+    width: int | None = None
+    for _ in range(spec.dialect.header_lines):
+        header = next(rows, None)
+        if header is None:
+            return
+        width = len(header[1])
+    for line, fields in rows:
+        if width is None:
+            width = len(fields)
+        if spec.max_index >= width:
+            raise SourceError(
+                f"{table.display}: meta.xml maps column {spec.max_index} but the file has {width} columns"
+            )
+        origin = f"{table.display}:{line}"
+        if len(fields) != width:
+            field_count_problem(problems, origin, len(fields), width)
+            continue
+        yield origin, fields
+
+
+def _not_image(values: Mapping[str, str | None]) -> str | None:
+    """Why a multimedia row is not an image (its type or format says so), or ``None``."""
+    kind = values.get("type")
+    if kind and term_name(kind).lower() not in IMAGE_TYPES:
+        return f"type {kind}"
+    fmt = (values.get("format") or "").lower()
+    if fmt and not fmt.startswith("image/") and f".{fmt.lstrip('.')}" not in IMAGE_SUFFIXES:
+        return f"format {fmt}"
+    return None
+
+
+class _ArchiveReader:
+    """One pass over an archive: multimedia first (kept in memory), then the core."""
+
+    def __init__(self, container: _Container, meta: ArchiveMeta, source: str, problems: ProblemLog) -> None:
+        self.container = container
+        self.meta = meta
+        self.problems = problems
+        self.rules = RowRules(source=source, base=container.base, confine=True, check_local=container.check_local)
+        self.seen: set[str] = set()
+
+    def records(self) -> Iterator[SourceRecord]:
+        core = self.meta.core
+        if term_name(core.row_type).lower() != "occurrence":
+            raise SourceError(
+                f"{self.container.display}: core rowType is {term_name(core.row_type)}, not Occurrence; "
+                "herbid reads specimen (occurrence) archives"
+            )
+        media = self._load_media()
+        if media is None and not core.has_term("associatedMedia"):
+            self._count_imageless_rows()
+            return
+        for name in core.locations:
+            table = TextTable(self.container.opener(name), self.container.where(name), core.dialect)
+            for origin, fields in _checked_rows(table, core, self.problems):
+                yield from self._core_row(origin, fields, media or {})
+            table.report_fallback(self.problems)
+        self._report_orphans(media or {})
+
+    def _core_row(self, origin: str, fields: list[str], media: dict[str, list[MediaRef]]) -> list[SourceRecord]:
+        core = self.meta.core
+        key = core.key(fields)
+        if key is not None:
+            if key in self.seen:
+                self.problems.add(_STAGE, origin, "duplicate core id", detail=key)
+                return []
+            self.seen.add(key)
+        values = core.values(fields)
+        if not values.get("occurrenceID") and key:
+            values["occurrenceID"] = key  # the core id of an Occurrence core is its occurrenceID
+        refs = (media.get(key, []) if key else []) or [
+            MediaRef(v, origin) for v in split_media(values.get("associatedMedia"))
+        ]
+        return row_records(values, refs, origin, self.rules, self.problems, extra={"id": key} if key else None)
+
+    def _count_imageless_rows(self) -> None:
+        """No multimedia extension and no associatedMedia: one summary problem for all rows."""
+        core = self.meta.core
+        count = 0
+        for name in core.locations:
+            table = TextTable(self.container.opener(name), self.container.where(name), core.dialect)
+            count += sum(1 for _ in _checked_rows(table, core, self.problems))
+        missing_column_problem(
+            self.problems, self.container.display, count, "no multimedia extension or associatedMedia"
+        )
+
+    def _load_media(self) -> dict[str, list[MediaRef]] | None:
+        """Images per core id from every multimedia extension; ``None`` if there is none."""
+        specs = self.meta.multimedia
+        if not specs:
+            return None
+        if self.meta.core.key_index is None:
+            raise SourceError(f"{self.container.where(META)}: core has no <id> to join the multimedia extension")
+        media: dict[str, list[MediaRef]] = {}
+        for spec in specs:
+            if spec.key_index is None:
+                raise SourceError(f"{self.container.where(META)}: multimedia extension has no <coreid>")
+            for name in spec.locations:
+                table = TextTable(self.container.opener(name), self.container.where(name), spec.dialect)
+                for origin, fields in _checked_rows(table, spec, self.problems):
+                    ref = self._media_ref(spec.values(fields), origin)
+                    if ref is not None:
+                        media.setdefault(spec.key(fields) or "", []).append(ref)  # "" stays orphaned
+                table.report_fallback(self.problems)
+        return media
+
+    def _media_ref(self, values: Mapping[str, str | None], origin: str) -> MediaRef | None:
+        reason = _not_image(values)
+        if reason:
+            self.problems.add(_STAGE, origin, "not an image", detail=reason)
+            return None
+        for term in MEDIA_LOCATION_TERMS:
+            value = values.get(term)
+            if value and looks_like_location(value):
+                return MediaRef(value, origin, first_license(values))
+        self.problems.add(_STAGE, origin, "no media location", detail=f"none of {', '.join(MEDIA_LOCATION_TERMS)}")
+        return None
+
+    def _report_orphans(self, media: dict[str, list[MediaRef]]) -> None:
+        for key, refs in media.items():
+            if key not in self.seen:
+                for ref in refs:
+                    self.problems.add(_STAGE, ref.origin, "orphaned multimedia row", detail=f"coreid {key!r} not in core")
+
+
+# --------------------------------------------------------------------------- the source
+
+
+@register_source
+class DwcaSource(Source):
+    """A Darwin Core Archive: a zip with ``meta.xml`` at its root, or a folder holding one.
+
+    Ranked before the generic folder sources because an unpacked archive is also a folder
+    of files, and its meta.xml is the more specific signal.
+    """
+
+    name = "dwca"
+    priority = 20
+
+    @classmethod
+    def detect(cls, location: str) -> bool:
+        path = Path(location)
+        try:
+            if path.is_dir():
+                return (path / META).is_file()
+            if path.is_file() and path.name == META:
+                return True
+            if path.is_file() and zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    return META in archive.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return False
+        return False
+
+    def records(self, problems: ProblemLog) -> Iterator[SourceRecord]:
+        with read_errors_as_source_error(self.location), self._container() as container:
+            meta = parse_meta(container.read_meta(), container.where(META))
+            yield from _ArchiveReader(container, meta, self.name, problems).records()
+
+    @contextmanager
+    def _container(self) -> Iterator[_Container]:
+        path = Path(self.location)
+        if path.is_file() and path.name == META:
+            path = path.parent
+        if path.is_dir():
+            if not (path / META).is_file():
+                raise SourceError(f"{self.location}: no {META} in folder; not a Darwin Core Archive")
+            yield _FolderContainer(path)
+        elif path.is_file() and zipfile.is_zipfile(path):
+            container = _ZipContainer(path, self.location)
+            with container.archive:
+                if META not in container.names:
+                    raise SourceError(f"{self.location}: no {META} at the root of the zip; not a Darwin Core Archive")
+                yield container
+        elif path.exists():
+            raise SourceError(f"{self.location}: not a zip or folder; not a Darwin Core Archive")
+        else:
+            raise SourceError(f"{self.location}: no such file or folder")

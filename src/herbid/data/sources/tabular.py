@@ -1,0 +1,703 @@
+"""Darwin Core CSV exports: a ``.csv``/``.tsv``/``.txt`` table, or a zip holding one.
+
+Herbaria and portals hand out occurrence tables in many dialects: comma or tab separated,
+UTF-8 or Latin-1, plain (``scientificName``), prefixed (``dwc:scientificName``) or full-URI
+headers, and GBIF's "simple CSV" download (a zip with one tab-separated file and no
+quoting). :class:`DwcCsvSource` reads all of them, one record per image.
+
+This module also holds the table machinery that :mod:`herbid.data.sources.dwca` reuses:
+streaming line splitting and decoding, row iteration with line numbers, column-name
+normalisation, zip-member safety checks, media-location resolution and the rules that
+turn one row into records or problems. Keeping them here means a CSV export and a Darwin
+Core Archive with the same content produce the same records and the same problems.
+
+Problem reporting, decided once for both sources:
+
+* a bad row (wrong number of fields, no image, no scientific name, an unusable media
+  location) is one problem, ``where`` = ``<file>:<line>``, ``reason`` a short category
+  (``wrong number of fields``) and ``detail`` the specifics (``row has 3 fields,
+  expected 4``);
+* a file that has no image column at all (GBIF simple CSV, an archive without a
+  multimedia extension or ``associatedMedia``) is *one* summary problem,
+  ``where`` = ``<file>``, ``detail`` = ``all N rows``, instead of N identical per-row
+  problems: every row fails for the same file-level reason, and a 2.5-million-row GBIF
+  download should not produce 2.5 million report lines. The same holds for a file with
+  no name column.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from herbid.data.records import DWC_TERMS, SourceRecord
+from herbid.data.sources.base import (
+    IMAGE_SUFFIXES,
+    ProblemLog,
+    Source,
+    SourceError,
+    register_source,
+)
+
+#: Columns that may hold an image location, in order of preference.
+IMAGE_COLUMNS: tuple[str, ...] = (
+    "associatedMedia",
+    "identifier",
+    "accessURI",
+    "image",
+    "image_path",
+    "imageURL",
+    "media_url",
+    "file",
+)
+#: Image columns whose name alone does not promise a media location (``identifier`` is
+#: often a catalogue URN, ``file`` anything): a local value there needs an image suffix.
+_AMBIGUOUS_IMAGE_COLUMNS = frozenset({"identifier", "file"})
+#: Terms kept in ``SourceRecord.extra`` because curation can use them.
+EXTRA_TERMS: tuple[str, ...] = (
+    "scientificNameAuthorship",
+    "taxonRank",
+    "identificationQualifier",
+    "typeStatus",
+    "basisOfRecord",
+)
+#: Terms that carry an image's licence, in order of preference.
+LICENSE_TERMS: tuple[str, ...] = ("license", "rights", "UsageTerms", "accessRights")
+NAME_TERMS: tuple[str, ...] = ("scientificName", "verbatimScientificName")
+DELIMITED_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
+_KNOWN_TERMS = (*DWC_TERMS, *EXTRA_TERMS, *IMAGE_COLUMNS, *LICENSE_TERMS, "type", "format")
+_CANONICAL = {term.lower(): term for term in _KNOWN_TERMS}
+_DELIMITER_CANDIDATES = ("\t", ",", ";", "|")
+_SAMPLE_BYTES = 64 * 1024
+_CHUNK_BYTES = 1 << 16
+_URL_SCHEMES = frozenset({"http", "https"})
+_MEDIA_SEPARATORS = re.compile(r"\s*[|;]\s*")
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+_STAGE = "source"
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """Collapse whitespace so that every error and problem is a single readable line."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- column names
+
+
+def term_name(term: str) -> str:
+    """The bare term name: ``http://rs.tdwg.org/dwc/terms/genus`` and ``dwc:genus`` → ``genus``.
+
+    Darwin Core identifies terms by URI, exporters abbreviate them with a namespace
+    prefix, and portals use the bare name; matching on the last segment accepts all three.
+    """
+    name = term.strip().strip("\ufeff").strip('"').strip()
+    if "/" in name or "#" in name:
+        name = re.split(r"[/#]", name.rstrip("/#"))[-1]
+    if ":" in name:
+        name = name.rsplit(":", 1)[-1]
+    return name
+
+
+def canonical_column(header: str) -> str:
+    """A header as the term herbid knows, case-insensitively (``scientificname`` → ``scientificName``)."""
+    name = term_name(header)
+    return _CANONICAL.get(name.lower(), name)
+
+
+def put_value(values: dict[str, str | None], name: str, value: str | None) -> None:
+    """Set ``values[name]`` unless an earlier column already gave it a non-blank value."""
+    if value is not None:
+        value = value.strip() or None
+    if values.get(name) is None:
+        values[name] = value
+
+
+# --------------------------------------------------------------------------- zip safety
+
+
+def unsafe_member(name: str) -> bool:
+    """Whether a zip member name is absolute or climbs out with ``..`` (zip-slip)."""
+    posix = name.replace("\\", "/")
+    return posix.startswith("/") or bool(_DRIVE.match(posix)) or ".." in posix.split("/")
+
+
+def open_zip(path: Path, display: str) -> zipfile.ZipFile:
+    """Open a zip, refusing the whole archive if any member has an unsafe path.
+
+    herbid never extracts members, but a refused archive is the clearest answer to one
+    that was built to attack unzip tools: nothing in it is trusted.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SourceError(f"{display}: not a readable zip archive ({one_line(exc)})") from None
+    for name in archive.namelist():
+        if unsafe_member(name):
+            archive.close()
+            raise SourceError(f"{display}: unsafe path in archive: {name!r}")
+    return archive
+
+
+def is_junk_member(name: str) -> bool:
+    """Folders, macOS resource forks (``__MACOSX/``) and hidden files are not data."""
+    parts = PurePosixPath(name).parts
+    return name.endswith("/") or not parts or parts[0] == "__MACOSX" or parts[-1].startswith(".")
+
+
+#: Errors a damaged archive or file can raise while it is being streamed.
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    RuntimeError,  # encrypted zip member
+    NotImplementedError,  # unsupported zip compression
+)
+
+
+@contextmanager
+def read_errors_as_source_error(display: str) -> Iterator[None]:
+    """Turn I/O and zip errors met mid-stream into a one-line :class:`SourceError`."""
+    try:
+        yield
+    except READ_ERRORS as exc:
+        raise SourceError(f"{display}: cannot read ({one_line(exc)})") from None
+
+
+# --------------------------------------------------------------------------- text decoding
+
+
+def ascii_compatible(encoding: str) -> bool:
+    """Whether lines can be split on ``\\n`` bytes before decoding (not UTF-16/32)."""
+    try:
+        return '\n\r\t,;|"'.encode(without_bom(encoding)) == b'\n\r\t,;|"'
+    except (LookupError, UnicodeError):
+        return False
+
+
+def without_bom(encoding: str) -> str:
+    """``utf-8-sig`` decodes a BOM away but also *encodes* one: use plain UTF-8 to encode."""
+    return "utf-8" if encoding == "utf-8-sig" else encoding
+
+
+def check_encoding(encoding: str, where: str) -> str:
+    """The codec's canonical name; an unknown encoding is a :class:`SourceError`."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise SourceError(f"{where}: unknown encoding {encoding!r}") from None
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def sniff_encoding(sample: bytes) -> str:
+    """UTF-8 (BOM or not), UTF-16 by its BOM, otherwise Latin-1 (which never fails)."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut off by the end of the sample is still UTF-8.
+        if exc.start < len(sample) - 3:
+            return "latin-1"
+    return "utf-8-sig"
+
+
+def split_lines(stream: IO[bytes], terminator: bytes = b"\n") -> Iterator[bytes]:
+    """Raw lines, line ends kept, streamed in chunks (files may be gigabytes).
+
+    ``\\n``, ``\\r\\n`` and ``\\r`` are all accepted whatever the declared terminator,
+    because archives routinely declare one and use another; any other declared
+    terminator is split on literally and replaced by ``\\n`` for the csv module.
+    """
+    universal = terminator in (b"\n", b"\r\n", b"\r")
+    pending = b""
+    while chunk := stream.read(_CHUNK_BYTES):
+        data = pending + chunk
+        if universal:
+            lines = data.splitlines(keepends=True)
+            pending = lines.pop() if lines else b""
+            yield from lines
+        else:
+            *lines, pending = data.split(terminator)
+            yield from (line + b"\n" for line in lines)
+    if pending:
+        yield pending
+
+
+class LineDecoder:
+    """Decodes lines with a declared encoding, falling back to Latin-1 line by line.
+
+    Real exports mix encodings (a UTF-8 file with one Latin-1 line pasted in); refusing
+    the file or mangling every accent would both lose good rows, so bad lines are read
+    as Latin-1 and counted for one ``converted`` problem.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self.fallbacks = 0
+
+    def __call__(self, line: bytes) -> str:
+        try:
+            return line.decode(self.encoding)
+        except UnicodeDecodeError:
+            self.fallbacks += 1
+            return line.decode("latin-1")
+
+
+# --------------------------------------------------------------------------- dialects
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one delimited file is written (the parts of meta.xml's ``<core>`` that matter)."""
+
+    encoding: str = "utf-8-sig"
+    delimiter: str = ","
+    quotechar: str | None = '"'
+    terminator: str = "\n"
+    header_lines: int = 1
+
+    def csv_options(self) -> dict[str, Any]:
+        if self.quotechar:
+            return {"delimiter": self.delimiter, "quotechar": self.quotechar, "doublequote": True}
+        return {"delimiter": self.delimiter, "quoting": csv.QUOTE_NONE}
+
+
+def sniff_delimiter(header: str) -> str:
+    """The candidate that splits the header line most often (tab wins ties)."""
+    unquoted = re.sub(r'"[^"]*"', '""', header)
+    counts = {c: unquoted.count(c) for c in _DELIMITER_CANDIDATES}
+    best = max(_DELIMITER_CANDIDATES, key=lambda c: counts[c])
+    return best if counts[best] else ","
+
+
+def sniff_dialect(sample: bytes, suffix: str) -> Dialect:
+    """Encoding, delimiter and quoting of a CSV export from its first bytes.
+
+    A tab-separated file whose header is not quoted is read without quote handling: that
+    is GBIF's simple CSV, whose values may start with a lone ``"`` that would otherwise
+    swallow the rest of the file.
+    """
+    encoding = sniff_encoding(sample)
+    text = sample.decode(encoding, errors="replace")
+    header = text.splitlines()[0] if text.splitlines() else ""
+    delimiter = "\t" if suffix == ".tsv" else sniff_delimiter(header)
+    quoted_header = header.lstrip("\ufeff").startswith('"')
+    quotechar = None if delimiter == "\t" and not quoted_header else '"'
+    return Dialect(encoding=encoding, delimiter=delimiter, quotechar=quotechar)
+
+
+# --------------------------------------------------------------------------- row reading
+
+
+@dataclass
+class TextTable:
+    """The rows of one delimited file, each with the line it starts on.
+
+    Blank lines are skipped; a row the csv module cannot parse (an oversized field) is
+    reported and skipped rather than ending the file.
+    """
+
+    opener: Callable[[], IO[bytes]]
+    display: str
+    dialect: Dialect
+    _decoder: LineDecoder | None = field(default=None, init=False, repr=False)
+
+    def rows(self, problems: ProblemLog) -> Iterator[tuple[int, list[str]]]:
+        with read_errors_as_source_error(self.display), self.opener() as stream:
+            reader = csv.reader(self._text_lines(stream), **self.dialect.csv_options())
+            yield from self._parsed(reader, problems)
+
+    @property
+    def fallback_lines(self) -> int:
+        return self._decoder.fallbacks if self._decoder else 0
+
+    def _text_lines(self, stream: IO[bytes]) -> Iterable[str]:
+        encoding = self.dialect.encoding
+        if not ascii_compatible(encoding):
+            return io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="")
+        self._decoder = LineDecoder(encoding)
+        return map(self._decoder, split_lines(stream, self.dialect.terminator.encode(without_bom(encoding))))
+
+    def _parsed(self, reader: Any, problems: ProblemLog) -> Iterator[tuple[int, list[str]]]:
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                problems.add(_STAGE, f"{self.display}:{start}", "unreadable row", detail=one_line(exc))
+                continue
+            if len(row) > 1 or (row and row[0].strip()):  # blank lines are not rows
+                yield start, row
+
+    def report_fallback(self, problems: ProblemLog) -> None:
+        """One ``converted`` problem if some lines were not in the declared encoding."""
+        if self.fallback_lines:
+            problems.add(
+                _STAGE,
+                self.display,
+                "wrong encoding",
+                action="converted",
+                detail=f"{self.fallback_lines} lines not valid {self.dialect.encoding}; read as Latin-1",
+            )
+
+
+def field_count_problem(problems: ProblemLog, where: str, got: int, expected: int) -> None:
+    problems.add(_STAGE, where, "wrong number of fields", detail=f"row has {got} fields, expected {expected}")
+
+
+def missing_column_problem(problems: ProblemLog, display: str, rows: int, reason: str) -> None:
+    """The one summary problem for a file where every row lacks the same column."""
+    if rows:
+        problems.add(_STAGE, display, reason, detail=f"all {rows} rows" if rows > 1 else "its only row")
+
+
+# --------------------------------------------------------------------------- media
+
+
+class MediaError(ValueError):
+    """A media value that cannot be an image location: a problem ``reason`` and its ``detail``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """One image a row points at, before it is resolved to a path or URL."""
+
+    value: str
+    origin: str = ""
+    license: str | None = None
+
+
+def split_media(value: str | None) -> list[str]:
+    """Split ``associatedMedia``-style lists on ``|`` and ``;``, and on whitespace between URLs.
+
+    Whitespace only separates items when every piece is a URL: a local path such as
+    ``images/Carex tonsa.jpg`` keeps its space.
+    """
+    if not value:
+        return []
+    items: list[str] = []
+    for part in _MEDIA_SEPARATORS.split(value.strip()):
+        pieces = part.split()
+        if len(pieces) > 1 and all(urlsplit(p).scheme.lower() in _URL_SCHEMES for p in pieces):
+            items.extend(pieces)
+        elif part:
+            items.append(part)
+    return list(dict.fromkeys(items))
+
+
+def looks_like_location(value: str, *, need_suffix: bool = False) -> bool:
+    """Whether a value can name an image: an http(s)/file URL or a file path.
+
+    ``need_suffix`` asks paths to end in an image suffix, for columns such as
+    ``identifier`` that often hold catalogue numbers rather than file names.
+    """
+    value = value.strip()
+    if not value:
+        return False
+    scheme = urlsplit(value).scheme.lower()
+    if scheme in _URL_SCHEMES or scheme == "file":
+        return True
+    if scheme and not _DRIVE.match(value):
+        return False
+    return not need_suffix or PurePosixPath(value.replace("\\", "/")).suffix.lower() in IMAGE_SUFFIXES
+
+
+def resolve_media(value: str, base: Path, *, confine: bool) -> str:
+    """An http(s) URL as is, or an absolute local path (relative ones against ``base``).
+
+    With ``confine`` (downloaded archives) a local path must stay inside ``base``: an
+    archive naming ``/home/you/private.jpg`` or ``../../x.jpg`` must not pull files
+    from elsewhere on the machine into a dataset.
+    """
+    value = value.strip()
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme in _URL_SCHEMES:
+        return value
+    if scheme == "file":
+        local = url2pathname(parts.path)
+    elif scheme and not _DRIVE.match(value):
+        raise MediaError("unsupported media location", one_line(value, 200))
+    else:
+        local = value.replace("\\", "/")
+    path = Path(local)
+    if confine and (path.is_absolute() or _DRIVE.match(local)):
+        raise MediaError("media path outside the archive", one_line(value, 200))
+    resolved = (base / path).resolve()
+    if confine and not resolved.is_relative_to(base.resolve()):
+        raise MediaError("media path outside the archive", one_line(value, 200))
+    return str(resolved)
+
+
+# --------------------------------------------------------------------------- rows → records
+
+
+@dataclass(frozen=True)
+class RowRules:
+    """What turns a row into records: where media resolve and who the records say made them."""
+
+    source: str
+    base: Path
+    confine: bool = False
+    #: Extra check on a resolved local path (a DwC-A zip reports images stored inside it).
+    check_local: Callable[[str, str], None] | None = None
+
+    def resolve(self, value: str) -> str:
+        location = resolve_media(value, self.base, confine=self.confine)
+        if self.check_local and urlsplit(location).scheme.lower() not in _URL_SCHEMES:
+            self.check_local(value, location)
+        return location
+
+
+def row_records(
+    values: Mapping[str, str | None],
+    media: Sequence[MediaRef],
+    origin: str,
+    rules: RowRules,
+    problems: ProblemLog,
+    extra: Mapping[str, Any] | None = None,
+) -> list[SourceRecord]:
+    """The records of one row, one per image, or the problems that stop it.
+
+    Checks run in a fixed order so each bad row gets exactly one reason: first the image
+    (a row without one is no training example), then the name. A row whose only name is
+    ``verbatimScientificName`` is kept with ``scientificName=None``: the build decides
+    whether a verbatim label is good enough.
+    """
+    locations = _resolved(media, origin, rules, problems)
+    if locations is None:
+        return []
+    if not locations:
+        problems.add(_STAGE, origin, "no image")
+        return []
+    if not any((values.get(term) or "").strip() for term in NAME_TERMS):
+        problems.add(_STAGE, origin, "no scientific name")
+        return []
+    row_extra = {k: values[k] for k in EXTRA_TERMS if values.get(k)} | dict(extra or {})
+    return [
+        SourceRecord.from_mapping(
+            dict(values),
+            source_path=location,
+            source=rules.source,
+            origin=origin,
+            extra=_media_extra(ref, origin) | row_extra,
+        )
+        for ref, location in locations
+    ]
+
+
+def _resolved(
+    media: Sequence[MediaRef], origin: str, rules: RowRules, problems: ProblemLog
+) -> list[tuple[MediaRef, str]] | None:
+    """Resolved media; ``None`` when every item was unusable (each already reported)."""
+    locations: list[tuple[MediaRef, str]] = []
+    seen: set[str] = set()
+    for ref in media:
+        try:
+            location = rules.resolve(ref.value)
+        except MediaError as exc:
+            problems.add(_STAGE, ref.origin or origin, exc.reason, detail=exc.detail)
+            continue
+        if location not in seen:
+            seen.add(location)
+            locations.append((ref, location))
+    if media and not locations:
+        return None
+    return locations
+
+
+def _media_extra(ref: MediaRef, origin: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if ref.origin and ref.origin != origin:
+        extra["media_origin"] = ref.origin
+    if ref.license:
+        extra["license"] = ref.license
+    return extra
+
+
+def first_license(values: Mapping[str, str | None]) -> str | None:
+    return next((values[t] for t in LICENSE_TERMS if values.get(t)), None)
+
+
+# --------------------------------------------------------------------------- the CSV source
+
+
+@dataclass(frozen=True)
+class _CsvLocation:
+    """Where the table is: a plain file, or one member of a zip."""
+
+    path: Path
+    member: str | None = None
+
+    @property
+    def display(self) -> str:
+        return f"{self.path}/{self.member}" if self.member else str(self.path)
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.member).suffix.lower() if self.member else self.path.suffix.lower()
+
+
+def _delimited_members(archive: zipfile.ZipFile) -> list[str]:
+    return [
+        name
+        for name in archive.namelist()
+        if not is_junk_member(name) and PurePosixPath(name).suffix.lower() in DELIMITED_SUFFIXES
+    ]
+
+
+def _header_has_terms(path: Path) -> bool:
+    """Whether a ``.txt`` file's first line names a name or image column (so is a table)."""
+    with path.open("rb") as handle:
+        sample = handle.read(_SAMPLE_BYTES)
+    dialect = sniff_dialect(sample, path.suffix.lower())
+    lines = sample.decode(dialect.encoding, errors="replace").splitlines()
+    header = next(csv.reader(lines[:1], **dialect.csv_options()), [])
+    names = {canonical_column(h) for h in header}
+    return bool(names & {*NAME_TERMS, *IMAGE_COLUMNS})
+
+
+@register_source
+class DwcCsvSource(Source):
+    """A Darwin Core occurrence table exported as CSV/TSV, or a GBIF simple CSV zip.
+
+    Detection: a ``.csv``/``.tsv`` file; a ``.txt`` file whose header names a Darwin Core
+    name or image column; a zip with no ``meta.xml`` and exactly one delimited member
+    (macOS ``__MACOSX/`` forks and hidden files ignored). Local image paths resolve
+    against the table's folder (the zip's folder for a zip); URLs pass through.
+    """
+
+    name = "csv"
+    priority = 30
+
+    @classmethod
+    def detect(cls, location: str) -> bool:
+        path = Path(location)
+        try:
+            if not path.is_file():
+                return False
+            suffix = path.suffix.lower()
+            if suffix in (".csv", ".tsv"):
+                return True
+            if suffix == ".txt":
+                return _header_has_terms(path)
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    return "meta.xml" not in archive.namelist() and len(_delimited_members(archive)) == 1
+        except (OSError, zipfile.BadZipFile, UnicodeError, csv.Error):
+            return False
+        return False
+
+    def records(self, problems: ProblemLog) -> Iterator[SourceRecord]:
+        path = Path(self.location)
+        if not path.is_file():
+            raise SourceError(f"{self.location}: no such file")
+        if zipfile.is_zipfile(path):
+            with open_zip(path, self.location) as archive:
+                member = self._single_member(archive)
+                location = _CsvLocation(path, member)
+                yield from self._read(location, lambda: archive.open(member), problems)
+        else:
+            yield from self._read(_CsvLocation(path), lambda: path.open("rb"), problems)
+
+    def _single_member(self, archive: zipfile.ZipFile) -> str:
+        if "meta.xml" in archive.namelist():
+            raise SourceError(f"{self.location}: has a meta.xml; read it as a Darwin Core Archive (--kind dwca)")
+        members = _delimited_members(archive)
+        if len(members) != 1:
+            raise SourceError(
+                f"{self.location}: expected one .csv/.tsv/.txt file in the zip, found {len(members)}"
+            )
+        return members[0]
+
+    def _read(
+        self, location: _CsvLocation, opener: Callable[[], IO[bytes]], problems: ProblemLog
+    ) -> Iterator[SourceRecord]:
+        with read_errors_as_source_error(location.display), opener() as stream:
+            sample = stream.read(_SAMPLE_BYTES)
+        table = TextTable(opener, location.display, sniff_dialect(sample, location.suffix))
+        rules = RowRules(source=self.name, base=location.path.parent)
+        yield from _CsvReader(table, rules, problems).records()
+        table.report_fallback(problems)
+
+
+class _CsvReader:
+    """One pass over a CSV table: header → column map → records and problems."""
+
+    def __init__(self, table: TextTable, rules: RowRules, problems: ProblemLog) -> None:
+        self.table = table
+        self.rules = rules
+        self.problems = problems
+        self.columns: list[str] = []
+        self.skipped = 0
+
+    def records(self) -> Iterator[SourceRecord]:
+        rows = self.table.rows(self.problems)
+        header = next(rows, None)
+        if header is None:
+            raise SourceError(f"{self.table.display}: empty file (no header line)")
+        self.columns = [canonical_column(h) for h in header[1]]
+        missing = self._missing_column_reason()
+        for line, fields in rows:
+            origin = f"{self.table.display}:{line}"
+            if len(fields) != len(self.columns):
+                field_count_problem(self.problems, origin, len(fields), len(self.columns))
+            elif missing:
+                self.skipped += 1
+            else:
+                yield from row_records(*self._row(fields, origin), self.rules, self.problems)
+        if missing:
+            missing_column_problem(self.problems, self.table.display, self.skipped, missing)
+
+    def _missing_column_reason(self) -> str | None:
+        present = set(self.columns)
+        if not present & set(IMAGE_COLUMNS):
+            return "no image column"
+        if not present & set(NAME_TERMS):
+            return "no scientificName or verbatimScientificName column"
+        return None
+
+    def _row(self, fields: list[str], origin: str) -> tuple[dict[str, str | None], list[MediaRef], str]:
+        values: dict[str, str | None] = {}
+        for name, value in zip(self.columns, fields):
+            put_value(values, name, value)
+        if not values.get("occurrenceID") and values.get("id"):
+            values["occurrenceID"] = values["id"]
+        license = first_license(values)
+        media = [MediaRef(v, origin, license) for v in self._media_values(values)]
+        return values, media, origin
+
+    @staticmethod
+    def _media_values(values: Mapping[str, str | None]) -> list[str]:
+        """The first image column of this row that holds something location-like."""
+        for column in IMAGE_COLUMNS:
+            need_suffix = column in _AMBIGUOUS_IMAGE_COLUMNS
+            items = [v for v in split_media(values.get(column)) if looks_like_location(v, need_suffix=need_suffix)]
+            if items:
+                return items
+        return []
