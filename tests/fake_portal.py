@@ -1,7 +1,8 @@
 """A small HTTP server on 127.0.0.1 that answers like iDigBio, GBIF and an image host.
 
-Tests import the fixtures from here (``from fake_portal import fake_portal, loopback_only``).
-The server holds a fixed set of specimens, pages through them like the real APIs, serves
+Tests import the fixtures ``fake_portal`` and ``loopback_only`` from here (as
+``fake_portal_fixture`` and ``loopback_only_fixture``, so the names do not clash with the
+test arguments). The server holds a fixed set of specimens, pages through them like the real APIs, serves
 small generated JPEG/PNG images, and can be told to misbehave once per path (``plan``):
 answer 429 with Retry-After, 500, answer slowly, or cut a body short. It counts every
 request so tests can check that nothing was fetched twice.
@@ -143,7 +144,8 @@ class FakePortal:
         self.idigbio_media = idigbio_media(self.url)
         #: Raw body to answer every GBIF search with (a recorded answer), instead of ``gbif``.
         self.gbif_body: bytes | None = None
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)
 
     def start(self) -> FakePortal:
         self.thread.start()
@@ -288,8 +290,8 @@ class _Handler(BaseHTTPRequestHandler):
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_portal() -> Iterator[FakePortal]:
+@pytest.fixture(name="fake_portal")
+def fake_portal_fixture() -> Iterator[FakePortal]:
     """A running :class:`FakePortal`, stopped after the test."""
     portal = FakePortal().start()
     try:
@@ -298,8 +300,8 @@ def fake_portal() -> Iterator[FakePortal]:
         portal.stop()
 
 
-@pytest.fixture
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(name="loopback_only")
+def loopback_only_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail every name lookup except loopback, the way an unresolvable host fails."""
     real = socket.getaddrinfo
 

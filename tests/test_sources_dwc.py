@@ -109,7 +109,11 @@ def test_iso_8859_1_archive_keeps_accents(tmp_path: Path, zipped: bool) -> None:
     core = occurrence_core(attrs='encoding="ISO-8859-1" fieldsTerminatedBy="," ignoreHeaderLines="1"')
     occurrences = CORE_HEADER + '1,occ-1,"Senecio niveo-aureus Cuatrec.",José Cuatrecasas Arumí,Perú\n'
     media = MEDIA_HEADER + "1,,https://img.example/1.jpg,StillImage,image/jpeg,CC BY\n"
-    files = {"meta.xml": meta_xml(core, ac_extension()), "occurrences.csv": occurrences, "multimedia.csv": media}
+    files = {
+        "meta.xml": meta_xml(core, ac_extension()),
+        "occurrences.csv": occurrences,
+        "multimedia.csv": media,
+    }
     location = write_archive(tmp_path, files, zipped, encoding="latin-1")
 
     records, problems = read(DwcaSource, location)
@@ -130,7 +134,7 @@ def test_iso_8859_1_archive_keeps_accents(tmp_path: Path, zipped: bool) -> None:
     ("attrs", "text"),
     [
         pytest.param(
-            "fieldsTerminatedBy=\"|\" fieldsEnclosedBy=\"'\" ignoreHeaderLines=\"2\"",
+            'fieldsTerminatedBy="|" fieldsEnclosedBy="\'" ignoreHeaderLines="2"',
             "exported by Symbiota\nid|occurrenceID|scientificName|recordedBy|country\n"
             "1|o1|'Carex tonsa (Fernald) E.P.Bicknell'|'Smith | Jones'|USA\n",
             id="pipe-single-quote-two-header-lines",
@@ -168,15 +172,21 @@ def test_archive_dialects(tmp_path: Path, attrs: str, text: str) -> None:
 
     assert list(problems) == []
     assert [(r.occurrenceID, r.scientificName, r.recordedBy, r.country, r.source_path) for r in records] == [
-        ("o1", "Carex tonsa (Fernald) E.P.Bicknell", '"Smith | Jones' if "\\t" in attrs else "Smith | Jones", "USA",
-         "https://img.example/a.jpg")
+        (
+            "o1",
+            "Carex tonsa (Fernald) E.P.Bicknell",
+            '"Smith | Jones' if "\\t" in attrs else "Smith | Jones",
+            "USA",
+            "https://img.example/a.jpg",
+        )
     ]
 
 
 def test_default_values_fill_unmapped_and_blank_fields(tmp_path: Path) -> None:
     fields = (
-        fields_xml(("occurrenceID", "scientificName", "associatedMedia", "country"))
-        .replace(f'term="{DWC}country"/>', f'term="{DWC}country" default="Puerto Rico"/>')
+        fields_xml(("occurrenceID", "scientificName", "associatedMedia", "country")).replace(
+            f'term="{DWC}country"/>', f'term="{DWC}country" default="Puerto Rico"/>'
+        )
         + f'<field term="{DWC}institutionCode" default="NY"/>'
     )
     core = occurrence_core(fields=fields)
@@ -197,13 +207,19 @@ def test_default_values_fill_unmapped_and_blank_fields(tmp_path: Path) -> None:
 
 def test_multimedia_extension_joins_images_and_filters_non_images(tmp_path: Path, zipped: bool) -> None:
     core = occurrence_core()
-    occurrences = CORE_HEADER + "1,o1,Viola mandshurica,Kim,KR\n2,o2,Viola alba,Lee,KR\n3,o3,Viola tricolor,Park,KR\n"
+    occurrences = (
+        CORE_HEADER + "1,o1,Viola mandshurica,Kim,KR\n2,o2,Viola alba,Lee,KR\n3,o3,Viola tricolor,Park,KR\n"
+    )
     media = MEDIA_HEADER + (
         "1,urn:uuid:a,https://img.example/1a.jpg,StillImage,image/jpeg,\n"
         "1,https://img.example/1b.jpg,,http://purl.org/dc/dcmitype/StillImage,,\n"  # falls back to identifier
         "2,,https://img.example/2.mp3,Sound,audio/mpeg,\n"
     )
-    files = {"meta.xml": meta_xml(core, ac_extension()), "occurrences.csv": occurrences, "multimedia.csv": media}
+    files = {
+        "meta.xml": meta_xml(core, ac_extension()),
+        "occurrences.csv": occurrences,
+        "multimedia.csv": media,
+    }
     location = write_archive(tmp_path, files, zipped)
 
     records, problems = read(DwcaSource, location)
@@ -221,9 +237,16 @@ def test_multimedia_extension_joins_images_and_filters_non_images(tmp_path: Path
 
 def test_gbif_multimedia_extension_uses_identifier(tmp_path: Path) -> None:
     ext_fields = "".join(
-        f'<field index="{i}" term="http://purl.org/dc/terms/{t}"/>' for i, t in enumerate(("type", "format", "identifier"), 1)
+        f'<field index="{i}" term="http://purl.org/dc/terms/{t}"/>'
+        for i, t in enumerate(("type", "format", "identifier"), 1)
     )
-    ext = table_xml("extension", GBIF_MULTIMEDIA, "multimedia.txt", ext_fields, attrs='fieldsTerminatedBy="\\t" fieldsEnclosedBy="" ignoreHeaderLines="1"')
+    ext = table_xml(
+        "extension",
+        GBIF_MULTIMEDIA,
+        "multimedia.txt",
+        ext_fields,
+        attrs='fieldsTerminatedBy="\\t" fieldsEnclosedBy="" ignoreHeaderLines="1"',
+    )
     files = {
         "meta.xml": meta_xml(occurrence_core(), ext),
         "occurrences.csv": CORE_HEADER + "77,o77,Pectocarya recurvata I.M.Johnst.,Atwood,US\n",
@@ -293,21 +316,32 @@ def test_wrong_field_count_rows_are_reported_and_skipped(tmp_path: Path, zipped:
         "4,o4,Viola alba,Lee,KR\n"
     )
     media = MEDIA_HEADER + "".join(f"{i},,https://img.example/{i}.jpg,,,\n" for i in (1, 2, 3, 4))
-    files = {"meta.xml": meta_xml(occurrence_core(), ac_extension()), "occurrences.csv": occurrences, "multimedia.csv": media}
+    files = {
+        "meta.xml": meta_xml(occurrence_core(), ac_extension()),
+        "occurrences.csv": occurrences,
+        "multimedia.csv": media,
+    }
     location = write_archive(tmp_path, files, zipped)
 
     records, problems = read(DwcaSource, location)
 
     assert [r.occurrenceID for r in records] == ["o1", "o4"]
     where = f"{location}/occurrences.csv"
-    assert list(problems)[:2] == [
+    media_where = f"{location}/multimedia.csv"
+    assert list(problems) == [
         Problem("source", f"{where}:3", "wrong number of fields", detail="row has 4 fields, expected 5"),
         Problem("source", f"{where}:4", "wrong number of fields", detail="row has 6 fields, expected 5"),
+        # The images of the skipped rows no longer have an occurrence to join.
+        Problem("source", f"{media_where}:3", "orphaned multimedia row", detail="coreid '2' not in core"),
+        Problem("source", f"{media_where}:4", "orphaned multimedia row", detail="coreid '3' not in core"),
     ]
 
 
 def test_orphaned_multimedia_rows_are_reported(tmp_path: Path) -> None:
-    media = MEDIA_HEADER + "1,,https://img.example/1.jpg,,,\n99,,https://img.example/99.jpg,,,\n,,https://img.example/x.jpg,,,\n"
+    media = (
+        MEDIA_HEADER
+        + "1,,https://img.example/1.jpg,,,\n99,,https://img.example/99.jpg,,,\n,,https://img.example/x.jpg,,,\n"
+    )
     files = {
         "meta.xml": meta_xml(occurrence_core(), ac_extension()),
         "occurrences.csv": CORE_HEADER + "1,o1,Viola alba,Lee,KR\n",
@@ -319,14 +353,26 @@ def test_orphaned_multimedia_rows_are_reported(tmp_path: Path) -> None:
 
     assert [r.source_path for r in records] == ["https://img.example/1.jpg"]
     assert list(problems) == [
-        Problem("source", f"{location}/multimedia.csv:3", "orphaned multimedia row", detail="coreid '99' not in core"),
-        Problem("source", f"{location}/multimedia.csv:4", "orphaned multimedia row", detail="coreid '' not in core"),
+        Problem(
+            "source",
+            f"{location}/multimedia.csv:3",
+            "orphaned multimedia row",
+            detail="coreid '99' not in core",
+        ),
+        Problem(
+            "source",
+            f"{location}/multimedia.csv:4",
+            "orphaned multimedia row",
+            detail="coreid '' not in core",
+        ),
     ]
 
 
 def test_rows_without_any_name_are_dropped_and_verbatim_only_rows_kept(tmp_path: Path) -> None:
     terms = ("occurrenceID", "scientificName", "associatedMedia")
-    fields = fields_xml(terms) + '<field index="4" term="http://rs.gbif.org/terms/1.0/verbatimScientificName"/>'
+    fields = (
+        fields_xml(terms) + '<field index="4" term="http://rs.gbif.org/terms/1.0/verbatimScientificName"/>'
+    )
     text = (
         "id,occurrenceID,scientificName,associatedMedia,verbatimScientificName\n"
         "1,o1,,https://img.example/1.jpg,Forestiera eggersiana Krug & Urb.\n"
@@ -334,7 +380,9 @@ def test_rows_without_any_name_are_dropped_and_verbatim_only_rows_kept(tmp_path:
         "3,o3,Lindernia diffusa,https://img.example/3.jpg,Vandellia diffusa\n"
     )
     location = write_archive(
-        tmp_path, {"meta.xml": meta_xml(occurrence_core(fields=fields)), "occurrences.csv": text}, zipped=False
+        tmp_path,
+        {"meta.xml": meta_xml(occurrence_core(fields=fields)), "occurrences.csv": text},
+        zipped=False,
     )
 
     records, problems = read(DwcaSource, location)
@@ -347,7 +395,10 @@ def test_rows_without_any_name_are_dropped_and_verbatim_only_rows_kept(tmp_path:
 
 
 def test_archive_without_any_image_column_gets_one_summary_problem(tmp_path: Path) -> None:
-    files = {"meta.xml": meta_xml(occurrence_core()), "occurrences.csv": CORE_HEADER + "1,o1,A b,X,Y\n2,o2,A c,X,Y\n"}
+    files = {
+        "meta.xml": meta_xml(occurrence_core()),
+        "occurrences.csv": CORE_HEADER + "1,o1,A b,X,Y\n2,o2,A c,X,Y\n",
+    }
     location = write_archive(tmp_path, files, zipped=True)
 
     records, problems = read(DwcaSource, location)
@@ -412,7 +463,10 @@ def test_billion_laughs_meta_xml_is_refused_in_one_line(tmp_path: Path, zipped: 
             "fieldsTerminatedBy '::' is not one character",
         ),
         (meta_xml(occurrence_core(attrs='encoding="klingon"')), "unknown encoding 'klingon'"),
-        (meta_xml(occurrence_core(fields='<field index="one" term="x"/>')), "<field> index 'one' is not a column number"),
+        (
+            meta_xml(occurrence_core(fields='<field index="one" term="x"/>')),
+            "<field> index 'one' is not a column number",
+        ),
     ],
 )
 def test_malformed_meta_xml_is_a_one_line_source_error(meta: str, message: str) -> None:
@@ -431,7 +485,9 @@ def test_meta_xml_location_outside_the_folder_is_refused(tmp_path: Path) -> None
 
 def test_non_occurrence_core_is_refused(tmp_path: Path) -> None:
     core = table_xml("core", DWC + "Taxon", "taxon.txt", fields_xml(("genus",)))
-    location = write_archive(tmp_path, {"meta.xml": meta_xml(core), "taxon.txt": "id,genus\n1,Viola\n"}, zipped=True)
+    location = write_archive(
+        tmp_path, {"meta.xml": meta_xml(core), "taxon.txt": "id,genus\n1,Viola\n"}, zipped=True
+    )
 
     with pytest.raises(SourceError) as info:
         read(DwcaSource, location)
@@ -464,9 +520,42 @@ def test_undeclared_bytes_in_a_utf8_archive_are_read_as_latin1_and_reported(tmp_
             f"{location}/occurrences.csv",
             "wrong encoding",
             action="converted",
-            detail="1 lines not valid utf-8-sig; read as Latin-1",
+            detail="1 line not valid utf-8; read as Latin-1",
         )
     ]
+
+
+def test_duplicate_core_ids_are_reported(tmp_path: Path) -> None:
+    core = occurrence_core(fields=fields_xml(("scientificName", "associatedMedia")))
+    text = "id,scientificName,associatedMedia\n7,Viola alba,https://img.example/a.jpg\n7,Viola alba,https://img.example/b.jpg\n"
+    location = write_archive(tmp_path, {"meta.xml": meta_xml(core), "occurrences.csv": text}, zipped=False)
+
+    records, problems = read(DwcaSource, location)
+
+    assert [(r.occurrenceID, r.source_path) for r in records] == [("7", "https://img.example/a.jpg")]
+    assert list(problems) == [
+        Problem("source", f"{location}/occurrences.csv:3", "duplicate core id", detail="7")
+    ]
+
+
+def test_corrupt_zip_member_is_a_one_line_source_error(tmp_path: Path) -> None:
+    core = occurrence_core(fields=fields_xml(("scientificName", "associatedMedia")))
+    text = "id,scientificName,associatedMedia\n" + "1,Viola alba,https://img.example/a.jpg\n" * 50
+    location = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(location, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("meta.xml", meta_xml(core))
+        archive.writestr("occurrences.csv", text)
+    blob = bytearray(location.read_bytes())
+    offset = blob.index(b"Viola alba")
+    blob[offset : offset + 5] = b"XXXXX"  # the stored CRC no longer matches
+    location.write_bytes(bytes(blob))
+
+    with pytest.raises(SourceError) as info:
+        read(DwcaSource, location)
+
+    assert (
+        str(info.value) == f"{location}/occurrences.csv: cannot read (Bad CRC-32 for file 'occurrences.csv')"
+    )
 
 
 def test_dwca_detection(tmp_path: Path) -> None:
@@ -554,6 +643,43 @@ def test_csv_with_bom_semicolons_and_split_associated_media(tmp_path: Path) -> N
     assert len(problems) == 0
 
 
+def test_csv_latin1_line_after_the_sniffed_sample_is_converted(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    filler = "".join(f"Viola alba,https://img.example/{i}.jpg,Kim\n" for i in range(2000))  # > 64 KiB
+    path.write_bytes(
+        ("scientificName,associatedMedia,recordedBy\n" + filler).encode()
+        + "Viola alba,https://img.example/x.jpg,Gonz\xe1lez\n".encode("latin-1")
+    )
+
+    records, problems = read(DwcCsvSource, path)
+
+    assert len(records) == 2001
+    assert records[-1].recordedBy == "González"
+    assert list(problems) == [
+        Problem(
+            "source",
+            str(path),
+            "wrong encoding",
+            action="converted",
+            detail="1 line not valid utf-8; read as Latin-1",
+        )
+    ]
+
+
+def test_csv_without_name_column_gets_one_summary_problem(tmp_path: Path) -> None:
+    path = tmp_path / "images.csv"
+    path.write_text("catalogNumber,image\n1,a.jpg\n2,b.jpg\n3,c.jpg\n")
+
+    records, problems = read(DwcCsvSource, path)
+
+    assert records == []
+    assert list(problems) == [
+        Problem(
+            "source", str(path), "no scientificName or verbatimScientificName column", detail="all 3 rows"
+        )
+    ]
+
+
 def test_csv_without_image_column_gets_one_summary_problem(tmp_path: Path) -> None:
     location = tmp_path / "0001-simple.zip"
     rows = "".join(f"{i}\tPectocarya recurvata\n" for i in range(5))
@@ -565,7 +691,29 @@ def test_csv_without_image_column_gets_one_summary_problem(tmp_path: Path) -> No
     records, problems = read(DwcCsvSource, location)
 
     assert records == []
-    assert list(problems) == [Problem("source", f"{location}/0001.csv", "no image column", detail="all 5 rows")]
+    assert list(problems) == [
+        Problem("source", f"{location}/0001.csv", "no image column", detail="all 5 rows")
+    ]
+
+
+def test_folder_with_one_occurrence_table(tmp_path: Path) -> None:
+    folder = tmp_path / "herbarium"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "NY_1.jpg").write_bytes(b"\xff\xd8\xff")
+    (folder / "notes.csv").write_text("remark\nscanned 2019\n")  # not an occurrence table
+    (folder / "occurrences.csv").write_text("scientificName,associatedMedia\nViola alba,images/NY_1.jpg\n")
+
+    assert DwcCsvSource.detect(str(folder))
+    records, problems = read(DwcCsvSource, folder)
+
+    assert [(r.scientificName, r.source_path, r.origin) for r in records] == [
+        ("Viola alba", str(folder / "images" / "NY_1.jpg"), f"{folder / 'occurrences.csv'}:2")
+    ]
+    assert len(problems) == 0
+    (folder / "more.csv").write_text("scientificName,image\n")
+    assert not DwcCsvSource.detect(str(folder))  # two tables: ambiguous
+    with pytest.raises(SourceError, match=r"no single occurrence table \(.csv/.tsv/.txt\) in folder$"):
+        read(DwcCsvSource, folder)
 
 
 def test_csv_detection(tmp_path: Path) -> None:
@@ -581,7 +729,8 @@ def test_csv_detection(tmp_path: Path) -> None:
     assert not DwcCsvSource.detect(str(notes))
     assert DwcCsvSource.detect(str(table))
     assert not DwcCsvSource.detect(str(two))
-    assert not DwcCsvSource.detect(str(tmp_path))
+    assert DwcCsvSource.detect(str(tmp_path))  # table.txt is the folder's one occurrence table
+    assert not DwcCsvSource.detect(str(tmp_path / "missing.csv"))
     with pytest.raises(SourceError, match=r"expected one .csv/.tsv/.txt file in the zip, found 2$"):
         read(DwcCsvSource, two)
 
@@ -644,6 +793,9 @@ def test_ny_herbarium_csv() -> None:
     folder = location.parent.resolve()
     assert all(Path(r.source_path).parent == folder / "images" for r in records)
     assert all(Path(r.source_path).is_file() for r in records)
+    # The folder itself is read through its table, not as a species-per-folder tree.
+    assert DwcCsvSource.detect(str(location.parent))
+    assert [r.source_path for r in read(DwcCsvSource, location.parent)[0]] == [r.source_path for r in records]
 
 
 @pytest.mark.shared_data
@@ -657,15 +809,26 @@ def test_gbif_simple_csv() -> None:
 
     assert records == []
     assert list(problems) == [
-        Problem("source", f"{location}/0001217-241107131044228.csv", "no image column", detail="all 2472 rows")
+        Problem(
+            "source", f"{location}/0001217-241107131044228.csv", "no image column", detail="all 2472 rows"
+        )
     ]
 
 
 #: What each python-dwca-reader sample does: ("records", n, problems by reason) or ("error", message tail).
 DWCA_READER_SAMPLES = {
-    "dwca-2extensions.zip": ("error", "core rowType is Taxon, not Occurrence; herbid reads specimen (occurrence) archives"),
-    "dwca-orphaned-rows.zip": ("error", "core rowType is Taxon, not Occurrence; herbid reads specimen (occurrence) archives"),
-    "dwca-star-test-archive.zip": ("error", "core rowType is Taxon, not Occurrence; herbid reads specimen (occurrence) archives"),
+    "dwca-2extensions.zip": (
+        "error",
+        "core rowType is Taxon, not Occurrence; herbid reads specimen (occurrence) archives",
+    ),
+    "dwca-orphaned-rows.zip": (
+        "error",
+        "core rowType is Taxon, not Occurrence; herbid reads specimen (occurrence) archives",
+    ),
+    "dwca-star-test-archive.zip": (
+        "error",
+        "core rowType is Taxon, not Occurrence; herbid reads specimen (occurrence) archives",
+    ),
     "dwca-utf8-eol-test.zip": ("records", 0, {"no multimedia extension or associatedMedia": 1}),
     "gbif-results.zip": ("records", 0, {"no multimedia extension or associatedMedia": 1}),
     # No meta.xml: read as GBIF simple CSV zips (one .csv; __MACOSX and an empty extensionless file ignored).

@@ -114,7 +114,7 @@ class RetryPolicy:
 
     def wait(self, seconds: float) -> None:
         # ``backoff_sleep`` is looked up at call time so that patching the module works.
-        (self.sleep or backoff_sleep)(seconds)
+        (self.sleep if self.sleep is not None else backoff_sleep)(seconds)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -231,7 +231,7 @@ class _Attempts:
 def get_json(
     client: httpx.Client,
     url: str,
-    params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+    params: httpx.QueryParams | Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
     *,
     retries: int = 3,
     sleep: Callable[[float], None] | None = None,
@@ -249,7 +249,7 @@ def get_json(
 
     def attempt_once(attempt: int) -> dict[str, Any]:
         try:
-            response = client.get(url, params=params, timeout=request_timeout)
+            response = client.get(url, params=params, timeout=request_timeout)  # type: ignore[arg-type]
         except httpx.TransportError as exc:
             raise _classify_transport_error(exc, _timeout_seconds(request_timeout)) from exc
         if 400 <= response.status_code < 500 and response.status_code != 429:
@@ -326,10 +326,10 @@ def guess_extension(url: str, content_type: str | None, head: bytes) -> str:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return ".webp"
     if content_type:
-        ext = mimetypes.guess_extension(content_type.split(";")[0].strip().lower())
-        if ext in _IMAGE_EXTENSIONS:
-            return ext
-        if ext == ".jpe":
+        guessed = mimetypes.guess_extension(content_type.split(";")[0].strip().lower())
+        if guessed in _IMAGE_EXTENSIONS:
+            return guessed
+        if guessed == ".jpe":
             return ".jpg"
     suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
     return suffix if suffix in _IMAGE_EXTENSIONS else ".bin"

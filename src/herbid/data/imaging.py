@@ -127,7 +127,9 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
         rgba = image.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(paper, rgba).convert("RGB"), [f"{mode} alpha composited on white"]
-    return image.convert("RGB"), [f"{mode} → RGB"]
+    # greyscale and 1-bit scans are common and lose nothing: not worth a report entry
+    notes = [] if mode in {"L", "1"} else [f"{mode} → RGB"]
+    return image.convert("RGB"), notes
 
 
 def resize_copies(rgb: Image.Image) -> tuple[Image.Image, Image.Image]:

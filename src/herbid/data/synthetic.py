@@ -23,7 +23,7 @@ import operator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -34,6 +34,7 @@ SYNTHETIC_LABEL = "synthetic"
 #: A pixel box ``(x0, y0, x1, y1)``, x1/y1 exclusive, as :meth:`PIL.Image.Image.crop` takes.
 Box = tuple[int, int, int, int]
 RGB = tuple[int, int, int]
+_T = TypeVar("_T")
 
 LeafShape = Literal[
     "ovate", "lanceolate", "serrate", "obovate", "linear", "orbicular", "deltoid",
@@ -274,7 +275,7 @@ def render_sheet(
     region = _plant_region(boxes, width, height)
     plant_mask_img = Image.new("L", size, 0)
     tape_anchors = _draw_plant(SPECIES[index], draw, ImageDraw.Draw(plant_mask_img), region, rng)
-    _draw_elements(draw, boxes, style, rng)
+    _draw_elements(draw, boxes, rng)
     tape_boxes = _draw_tape(image, plant_mask_img, tape_anchors[: style.tape], rng)
     image = _finish_paper(image, style, rng)
     mask = np.asarray(plant_mask_img) > 0
@@ -701,7 +702,8 @@ def _draw_plant(
 # ---- non-plant elements
 
 
-def _draw_elements(draw: ImageDraw.ImageDraw, boxes: dict[str, Box], style: SheetStyle, rng: np.random.Generator) -> None:
+def _draw_elements(draw: ImageDraw.ImageDraw, boxes: dict[str, Box], rng: np.random.Generator) -> None:
+    """Paint every placed element, always in the same order (determinism)."""
     painters = {
         "label": _draw_label, "barcode": _draw_barcode, "colour_bar": _draw_colour_bar,
         "ruler": _draw_ruler, "stamp": _draw_stamp,
@@ -1037,7 +1039,7 @@ def _rgb(values: np.ndarray | tuple[float, float, float]) -> RGB:
     return (r, g, b)
 
 
-def _choice(rng: np.random.Generator, options: tuple, weights: tuple[float, ...]):
+def _choice(rng: np.random.Generator, options: tuple[_T, ...], weights: tuple[float, ...]) -> _T:
     return options[int(rng.choice(len(options), p=np.asarray(weights) / sum(weights)))]
 
 

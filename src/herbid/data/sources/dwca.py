@@ -70,7 +70,12 @@ MULTIMEDIA_ROW_TYPES = frozenset(
     }
 )
 #: Terms of a multimedia row that may hold the image location, in order of preference.
-MEDIA_LOCATION_TERMS: tuple[str, ...] = ("accessURI", "goodQualityAccessURI", "identifier", "furtherInformationURL")
+MEDIA_LOCATION_TERMS: tuple[str, ...] = (
+    "accessURI",
+    "goodQualityAccessURI",
+    "identifier",
+    "furtherInformationURL",
+)
 #: ``dc:type`` values (last URI segment, lower case) that are images.
 IMAGE_TYPES = frozenset({"stillimage", "image", "photograph"})
 _ESCAPE = re.compile(r"\\([tnr\\])")
@@ -153,7 +158,8 @@ def parse_meta(data: bytes, where: str) -> ArchiveMeta:
 
 def _parse_xml(data: bytes, where: str) -> Element:
     try:
-        return safe_fromstring(data)
+        root: Element = safe_fromstring(data)
+        return root
     except EntitiesForbidden:
         raise SourceError(f"{where}: refused: XML entity declarations are not allowed") from None
     except DTDForbidden:
@@ -352,7 +358,9 @@ class _ArchiveReader:
         self.container = container
         self.meta = meta
         self.problems = problems
-        self.rules = RowRules(source=source, base=container.base, confine=True, check_local=container.check_local)
+        self.rules = RowRules(
+            source=source, base=container.base, confine=True, check_local=container.check_local
+        )
         self.seen: set[str] = set()
 
     def records(self) -> Iterator[SourceRecord]:
@@ -373,9 +381,11 @@ class _ArchiveReader:
             table.report_fallback(self.problems)
         self._report_orphans(media or {})
 
-    def _core_row(self, origin: str, fields: list[str], media: dict[str, list[MediaRef]]) -> list[SourceRecord]:
+    def _core_row(
+        self, origin: str, fields: list[str], media: dict[str, list[MediaRef]]
+    ) -> list[SourceRecord]:
         core = self.meta.core
-        key = core.key(fields)
+        key = core.key(fields) or None
         if key is not None:
             if key in self.seen:
                 self.problems.add(_STAGE, origin, "duplicate core id", detail=key)
@@ -387,7 +397,9 @@ class _ArchiveReader:
         refs = (media.get(key, []) if key else []) or [
             MediaRef(v, origin) for v in split_media(values.get("associatedMedia"))
         ]
-        return row_records(values, refs, origin, self.rules, self.problems, extra={"id": key} if key else None)
+        return row_records(
+            values, refs, origin, self.rules, self.problems, extra={"id": key} if key else None
+        )
 
     def _count_imageless_rows(self) -> None:
         """No multimedia extension and no associatedMedia: one summary problem for all rows."""
@@ -406,7 +418,9 @@ class _ArchiveReader:
         if not specs:
             return None
         if self.meta.core.key_index is None:
-            raise SourceError(f"{self.container.where(META)}: core has no <id> to join the multimedia extension")
+            raise SourceError(
+                f"{self.container.where(META)}: core has no <id> to join the multimedia extension"
+            )
         media: dict[str, list[MediaRef]] = {}
         for spec in specs:
             if spec.key_index is None:
@@ -429,14 +443,18 @@ class _ArchiveReader:
             value = values.get(term)
             if value and looks_like_location(value):
                 return MediaRef(value, origin, first_license(values))
-        self.problems.add(_STAGE, origin, "no media location", detail=f"none of {', '.join(MEDIA_LOCATION_TERMS)}")
+        self.problems.add(
+            _STAGE, origin, "no media location", detail=f"none of {', '.join(MEDIA_LOCATION_TERMS)}"
+        )
         return None
 
     def _report_orphans(self, media: dict[str, list[MediaRef]]) -> None:
         for key, refs in media.items():
             if key not in self.seen:
                 for ref in refs:
-                    self.problems.add(_STAGE, ref.origin, "orphaned multimedia row", detail=f"coreid {key!r} not in core")
+                    self.problems.add(
+                        _STAGE, ref.origin, "orphaned multimedia row", detail=f"coreid {key!r} not in core"
+                    )
 
 
 # --------------------------------------------------------------------------- the source
@@ -486,7 +504,9 @@ class DwcaSource(Source):
             container = _ZipContainer(path, self.location)
             with container.archive:
                 if META not in container.names:
-                    raise SourceError(f"{self.location}: no {META} at the root of the zip; not a Darwin Core Archive")
+                    raise SourceError(
+                        f"{self.location}: no {META} at the root of the zip; not a Darwin Core Archive"
+                    )
                 yield container
         elif path.exists():
             raise SourceError(f"{self.location}: not a zip or folder; not a Darwin Core Archive")

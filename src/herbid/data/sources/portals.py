@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import httpx
 
@@ -51,7 +51,7 @@ def parse_portal_query(text: str, bare_key: str) -> tuple[list[tuple[str, str]],
     text = text.strip()
     if not text:
         raise SourceError("empty portal query; write e.g. gbif:scientificName=Viola&limit=100")
-    pairs = parse_qsl(text, keep_blank_values=False) if "=" in text else [(bare_key, text)]
+    pairs = [_query_pair(part, bare_key) for part in text.split("&") if part.strip()]
     limit: int | None = None
     filters: list[tuple[str, str]] = []
     for key, value in pairs:
@@ -65,6 +65,14 @@ def parse_portal_query(text: str, bare_key: str) -> tuple[list[tuple[str, str]],
         else:
             filters.append((key.strip(), value.strip()))
     return filters, limit
+
+
+def _query_pair(part: str, bare_key: str) -> tuple[str, str]:
+    """``key=value`` (URL-encoded), or a bare value for ``bare_key``."""
+    if "=" in part:
+        key, value = part.split("=", 1)
+        return unquote_plus(key), unquote_plus(value)
+    return bare_key, unquote_plus(part)
 
 
 @dataclass
@@ -413,6 +421,21 @@ def _date_part(value: Any) -> str | None:
     return str(value)[:10] if value is not None else None
 
 
+#: iDigBio index terms that are not all lower case (the rest are: Darwin Core names lower-cased).
+_IDIGBIO_CAMEL_TERMS = {term.lower(): term for term in ("hasImage", "hasMedia")}
+
+
+def _idigbio_term(key: str) -> str:
+    """The index term a user's key means: ``scientificName`` → ``scientificname``.
+
+    Raw-data fields (``data.dwc:scientificName``) are case-sensitive and stay as written.
+    """
+    key = key.strip()
+    if "." in key or ":" in key:
+        return key
+    return _IDIGBIO_CAMEL_TERMS.get(key.lower(), key.lower())
+
+
 def _record_ids(media: dict[str, Any]) -> list[str]:
     ids = (media.get("indexTerms") or {}).get("records") or []
     return [str(i) for i in ([ids] if isinstance(ids, str) else ids)]
@@ -430,10 +453,10 @@ class IDigBioSource(_PortalSource):
     max_page_size = 1000
 
     def record_query(self) -> dict[str, Any]:
-        """The rq object: iDigBio index terms are lower case; repeated keys mean any of."""
+        """The rq object; repeated keys mean any of, and ``hasImage`` is always true."""
         query: dict[str, Any] = {}
         for key, value in self.filters:
-            key = key.lower()
+            key = _idigbio_term(key)
             parsed: Any = {"true": True, "false": False}.get(value.lower(), value)
             if key in query:
                 previous = query[key]

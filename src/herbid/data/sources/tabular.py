@@ -357,8 +357,13 @@ class TextTable:
                 self.display,
                 "wrong encoding",
                 action="converted",
-                detail=f"{self.fallback_lines} lines not valid {self.dialect.encoding}; read as Latin-1",
+                detail=f"{_lines(self.fallback_lines)} not valid {without_bom(self.dialect.encoding)}; "
+                "read as Latin-1",
             )
+
+
+def _lines(count: int) -> str:
+    return f"{count} line" if count == 1 else f"{count} lines"
 
 
 def field_count_problem(problems: ProblemLog, where: str, got: int, expected: int) -> None:
@@ -571,15 +576,41 @@ def _delimited_members(archive: zipfile.ZipFile) -> list[str]:
     ]
 
 
-def _header_has_terms(path: Path) -> bool:
-    """Whether a ``.txt`` file's first line names a name or image column (so is a table)."""
+def _header_columns(path: Path) -> set[str]:
+    """The canonical column names of a table's first line (cheap: one sample read)."""
     with path.open("rb") as handle:
         sample = handle.read(_SAMPLE_BYTES)
     dialect = sniff_dialect(sample, path.suffix.lower())
     lines = sample.decode(dialect.encoding, errors="replace").splitlines()
     header = next(csv.reader(lines[:1], **dialect.csv_options()), [])
-    names = {canonical_column(h) for h in header}
-    return bool(names & {*NAME_TERMS, *IMAGE_COLUMNS})
+    return {canonical_column(h) for h in header}
+
+
+def _header_has_terms(path: Path) -> bool:
+    """Whether a ``.txt`` file's first line names a name or image column (so is a table)."""
+    return bool(_header_columns(path) & {*NAME_TERMS, *IMAGE_COLUMNS})
+
+
+def folder_table(folder: Path) -> Path | None:
+    """The one occurrence table at the top of ``folder``, if there is exactly one.
+
+    A folder such as ``ny-herbarium/`` (``occurrences.csv`` + ``images/``) carries its
+    labels in the table, not in folder names, so it must be read as a CSV source rather
+    than as a species-per-folder tree. Only a table naming both a name column and an
+    image column counts, so a stray ``notes.csv`` in an image folder does not.
+    """
+    candidates = [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in DELIMITED_SUFFIXES and not p.name.startswith(".")
+    ]
+    tables = [p for p in candidates if _is_occurrence_table(p)]
+    return tables[0] if len(tables) == 1 else None
+
+
+def _is_occurrence_table(path: Path) -> bool:
+    columns = _header_columns(path)
+    return bool(columns & set(NAME_TERMS)) and bool(columns & set(IMAGE_COLUMNS))
 
 
 @register_source
@@ -588,8 +619,10 @@ class DwcCsvSource(Source):
 
     Detection: a ``.csv``/``.tsv`` file; a ``.txt`` file whose header names a Darwin Core
     name or image column; a zip with no ``meta.xml`` and exactly one delimited member
-    (macOS ``__MACOSX/`` forks and hidden files ignored). Local image paths resolve
-    against the table's folder (the zip's folder for a zip); URLs pass through.
+    (macOS ``__MACOSX/`` forks and hidden files ignored); a folder without ``meta.xml``
+    whose top level holds exactly one table naming both a name and an image column (see
+    :func:`folder_table`). Local image paths resolve against the table's folder (the
+    zip's folder for a zip); URLs pass through.
     """
 
     name = "csv"
@@ -599,6 +632,8 @@ class DwcCsvSource(Source):
     def detect(cls, location: str) -> bool:
         path = Path(location)
         try:
+            if path.is_dir():
+                return not (path / "meta.xml").exists() and folder_table(path) is not None
             if not path.is_file():
                 return False
             suffix = path.suffix.lower()
@@ -615,7 +650,12 @@ class DwcCsvSource(Source):
 
     def records(self, problems: ProblemLog) -> Iterator[SourceRecord]:
         path = Path(self.location)
-        if not path.is_file():
+        if path.is_dir():
+            table = folder_table(path)
+            if table is None:
+                raise SourceError(f"{self.location}: no single occurrence table (.csv/.tsv/.txt) in folder")
+            path = table
+        elif not path.is_file():
             raise SourceError(f"{self.location}: no such file")
         if zipfile.is_zipfile(path):
             with open_zip(path, self.location) as archive:
@@ -627,7 +667,9 @@ class DwcCsvSource(Source):
 
     def _single_member(self, archive: zipfile.ZipFile) -> str:
         if "meta.xml" in archive.namelist():
-            raise SourceError(f"{self.location}: has a meta.xml; read it as a Darwin Core Archive (--kind dwca)")
+            raise SourceError(
+                f"{self.location}: has a meta.xml; read it as a Darwin Core Archive (--kind dwca)"
+            )
         members = _delimited_members(archive)
         if len(members) != 1:
             raise SourceError(
@@ -684,7 +726,7 @@ class _CsvReader:
 
     def _row(self, fields: list[str], origin: str) -> tuple[dict[str, str | None], list[MediaRef], str]:
         values: dict[str, str | None] = {}
-        for name, value in zip(self.columns, fields):
+        for name, value in zip(self.columns, fields, strict=True):
             put_value(values, name, value)
         if not values.get("occurrenceID") and values.get("id"):
             values["occurrenceID"] = values["id"]
@@ -697,7 +739,9 @@ class _CsvReader:
         """The first image column of this row that holds something location-like."""
         for column in IMAGE_COLUMNS:
             need_suffix = column in _AMBIGUOUS_IMAGE_COLUMNS
-            items = [v for v in split_media(values.get(column)) if looks_like_location(v, need_suffix=need_suffix)]
+            items = [
+                v for v in split_media(values.get(column)) if looks_like_location(v, need_suffix=need_suffix)
+            ]
             if items:
                 return items
         return []
