@@ -20,3 +20,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (real data not on this machine)")
     return SHARED_DATA
+
+# the fake iDigBio/GBIF server and the no-network guard, for every test module
+from fake_portal import fake_portal_fixture, loopback_only_fixture  # noqa: E402,F401

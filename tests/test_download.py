@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fake_portal import FakePortal, closed_port, fake_portal_fixture, loopback_only_fixture  # noqa: F401
+from fake_portal import FakePortal, closed_port
 from PIL import Image
 
 from herbid.data import download

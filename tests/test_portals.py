@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_portal import FakePortal, closed_port, fake_portal_fixture, loopback_only_fixture  # noqa: F401
+from fake_portal import FakePortal, closed_port
 
 from herbid.data.sources.base import SOURCES, ProblemLog, SourceError
 from herbid.data.sources.portals import (

@@ -36,6 +36,7 @@ from herbid.progress import progress_bar
 __all__ = [
     "FetchError",
     "RetryPolicy",
+    "completed_downloads",
     "download_images",
     "existing_download",
     "get_json",
@@ -297,6 +298,8 @@ class _Job:
     timeout: float
     max_bytes: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Files earlier runs completed, by stem: these URLs are not fetched again.
+    completed: dict[str, Path] = field(default_factory=dict)
     #: Hosts that could not be reached at all, with why: their later URLs fail at once.
     dead_hosts: dict[str, str] = field(default_factory=dict)
 
@@ -305,17 +308,27 @@ class _Job:
             self.problems.add("fetch", url, reason, "dropped", detail=detail)
 
 
-def existing_download(dest_dir: Path, url: str) -> Path | None:
-    """The completed download of ``url`` in ``dest_dir`` that an earlier run left, if any.
+def completed_downloads(dest_dir: Path) -> dict[str, Path]:
+    """The files earlier runs completed in ``dest_dir``, by file stem (the URL's SHA-1).
 
-    Only complete files carry the final name (a partial one is a hidden ``.part`` file until
-    it is renamed), so any non-empty ``<sha1>.<ext>`` counts.
+    Only complete files carry their final name (a partial one is a hidden ``.part`` file
+    until it is renamed), so every non-empty visible file counts. One directory listing
+    serves the whole run: globbing once per URL would be quadratic in big folders.
     """
-    stem = image_filename_stem(url)
-    for candidate in sorted(Path(dest_dir).glob(f"{stem}.*")):
-        if candidate.suffix != ".part" and candidate.is_file() and candidate.stat().st_size > 0:
-            return candidate
-    return None
+    done: dict[str, Path] = {}
+    if not Path(dest_dir).is_dir():
+        return done
+    for entry in sorted(Path(dest_dir).iterdir()):
+        if entry.name.startswith(".") or entry.suffix == ".part" or not entry.is_file():
+            continue
+        if entry.stat().st_size > 0:
+            done.setdefault(entry.stem, entry)
+    return done
+
+
+def existing_download(dest_dir: Path, url: str) -> Path | None:
+    """The completed download of ``url`` in ``dest_dir`` that an earlier run left, if any."""
+    return completed_downloads(dest_dir).get(image_filename_stem(url))
 
 
 def guess_extension(url: str, content_type: str | None, head: bytes) -> str:
@@ -416,7 +429,7 @@ def _download_one(job: _Job, url: str) -> Path | None:
     if not is_http_url(url):
         job.report(url, "refused: not an http(s) URL")
         return None
-    done = existing_download(job.dest_dir, url)
+    done = job.completed.get(image_filename_stem(url))
     if done is not None:
         return done
     host = urlsplit(url).netloc.lower()
@@ -482,7 +495,7 @@ def download_images(
     own_client = client is None
     http = client if client is not None else _make_client(workers, timeout)
     job = _Job(http, dest_dir, problems, RetryPolicy(retries=retries, sleep=sleep, max_wait=max_wait),
-               timeout, max_bytes)
+               timeout, max_bytes, completed=completed_downloads(dest_dir))
     fetched: dict[str, Path] = {}
     try:
         show = progress and sys.stderr.isatty()

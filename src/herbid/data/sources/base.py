@@ -111,10 +111,7 @@ def _load_builtin_sources() -> None:
     import importlib
 
     for module in BUILTIN_SOURCE_MODULES:
-        try:
-            importlib.import_module(f"herbid.data.sources.{module}")
-        except ModuleNotFoundError:  # TEMP while helpers write them
-            pass
+        importlib.import_module(f"herbid.data.sources.{module}")
 
 
 def is_image_file(path: Path) -> bool:

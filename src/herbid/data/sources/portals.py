@@ -115,7 +115,7 @@ class _PortalSource(Source):
         super().__init__(location, **options)
         self.base_url = (base_url or os.environ.get(self.env_var) or self.default_url).rstrip("/")
         self.filters, query_limit = parse_portal_query(self._query_text(), self.bare_key)
-        self.limit = query_limit if query_limit is not None else limit
+        self.limit = query_limit if query_limit is not None else (int(limit) if limit is not None else None)
         self.page_size = max(1, min(page_size or self.default_page_size, self.max_page_size))
         self.workers = max(1, workers)
         self.retries = retries
