@@ -75,3 +75,15 @@ def test_help_does_not_import_torch() -> None:
     code = "import sys; from herbid.cli.main import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().endswith("False")
+
+
+def test_demo_offline_runs_on_synthetic_sheets(tmp_path: Path, monkeypatch, capsys) -> None:
+    import herbid.demo as demo
+
+    monkeypatch.delenv("DEMO_SOURCE", raising=False)
+    monkeypatch.setattr(demo, "is_online", lambda *a, **k: False)
+    assert main(["demo", "--out", str(tmp_path), "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "SYNTHETIC" in captured.err
+    manifest = load_manifest(tmp_path / "dataset-synthetic")
+    assert len(manifest) == 72 and set(manifest["split"]) == {"train", "test"}
