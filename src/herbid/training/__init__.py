@@ -1,0 +1,1 @@
+"""Training: typed configs and recipes, the loop, checkpoints, bundles."""
