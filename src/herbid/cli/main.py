@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,7 +47,7 @@ def dataset_build(args: argparse.Namespace) -> int:
         min_per_species=args.min_per_species,
         max_per_species=args.max_per_species,
         synonyms=args.synonyms,
-        workers=args.workers,
+        workers=args.workers or os.cpu_count() or 1,
         seed=args.seed,
         kind=args.kind,
         near_duplicate_bits=args.near_duplicate_bits,
@@ -112,6 +113,87 @@ def dataset_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- models, training, evaluation, experiments -------------------------------------------
+
+#: CLI flags that map one-to-one onto TrainConfig fields (None = keep the recipe's value).
+TRAIN_FLAGS = ("arch", "init", "recipe", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+               "label_smoothing", "input_size", "resize_size", "val_fraction", "fold", "seed", "device", "amp",
+               "workers")
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig values the user set: flags first, then ``--set key=value`` pairs."""
+    import yaml
+
+    overrides = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name, None) is not None}
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CommandError(f"--set expects key=value, got {item!r}")
+        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return overrides
+
+
+@command("models")
+def models_list(args: argparse.Namespace) -> int:
+    from herbid.models.registry import MODELS, list_models
+
+    names = list_models()
+    if args.json:
+        print_json(names)
+    else:
+        for name in names:
+            entry = MODELS.get(name)
+            print(f"{name:24s} {entry.description if entry else 'timm model by name; ImageNet weights when online'}")
+    return 0
+
+
+@command("train")
+def train_command(args: argparse.Namespace) -> int:
+    from herbid.training.config import load_config
+    from herbid.training.loop import train
+
+    overrides = train_overrides(args)
+    overrides.update(dataset=str(args.dataset), out=str(args.out), resume=args.resume)
+    config = load_config(args.config, overrides)
+    result = train(config, progress=not args.no_progress)
+    summary = {"run": str(result.run_dir), "bundle": str(result.bundle_dir), "best_epoch": result.best_epoch,
+               "resumed": result.resumed, **{f"test_{k}": v for k, v in result.final.items()}}
+    if args.json:
+        print_json(summary)
+    else:
+        from herbid.cli.display import show_mapping
+
+        show_mapping(f"trained {config.arch} on {config.dataset}", summary)
+    return 0
+
+
+@command("evaluate")
+def evaluate_command(args: argparse.Namespace) -> int:
+    from herbid.evaluation.evaluate import evaluate_bundle
+
+    result = evaluate_bundle(args.bundle, args.dataset, split=args.split, fold=args.fold,
+                             batch_size=args.batch_size, device=args.device)
+    if args.json:
+        print_json(result)
+    else:
+        from herbid.cli.display import show_mapping
+
+        show_mapping(f"evaluate {args.bundle} on {args.dataset} ({args.split})",
+                     {k: v for k, v in result.items() if k != "per_species"})
+    return 0
+
+
+@command("experiment")
+def experiment_command(args: argparse.Namespace) -> int:
+    from herbid.experiments.runner import run_experiments
+
+    results = run_experiments(args.specs, args.datasets, args.out, base_config=train_overrides(args),
+                              folds=args.folds, progress=not args.no_progress)
+    print((Path(args.out) / "results.md").read_text(encoding="utf-8"))
+    return 0 if results is not None else 1
+
+
 @command("demo")
 def demo(args: argparse.Namespace) -> int:
     from herbid.demo import run_demo
@@ -167,6 +249,36 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dataset", type=Path)
     stats.add_argument("--json", action="store_true")
 
+    models = top.add_parser("models", help="list the registered model architectures")
+    models.add_argument("--json", action="store_true")
+
+    train = top.add_parser("train", help="train a species classifier on a dataset folder")
+    train.add_argument("--dataset", required=True, type=Path, help="dataset folder (built and split)")
+    train.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, metrics, bundle)")
+    train.add_argument("--config", type=Path, default=None, help="YAML config (fields of TrainConfig)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--json", action="store_true")
+    add_train_flags(train)
+
+    evaluate = top.add_parser("evaluate", help="top-1/top-5 (and genus/family) of a bundle on a dataset split")
+    evaluate.add_argument("bundle", type=Path, help="model bundle or training run folder")
+    evaluate.add_argument("--dataset", required=True, type=Path)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--fold", type=int, default=None, help="evaluate on this fold instead of a split")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true")
+
+    experiment = top.add_parser("experiment", help="run the paper's experiments by name, e.g. I.H255.H255")
+    experiment.add_argument("specs", nargs="+", metavar="SPEC",
+                            help="<Initialization>.<Training>.<Testing>: R, I, ALIAS or ALIAS_I chains")
+    experiment.add_argument("--datasets", required=True, type=Path, help="datasets.toml mapping aliases to data")
+    experiment.add_argument("--out", required=True, type=Path)
+    experiment.add_argument("--folds", type=int, default=None, help="group-aware K-fold cross-validation")
+    experiment.add_argument("--no-progress", action="store_true")
+    add_train_flags(experiment, with_init=False)
+
     demo_parser = top.add_parser("demo", help="run the main job end to end on a small collection")
     demo_parser.add_argument("--out", type=Path, default=Path("demo-out"))
     demo_parser.add_argument("--source", default=None,
@@ -175,14 +287,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_train_flags(parser: argparse.ArgumentParser, *, with_init: bool = True) -> None:
+    """Flags that override the recipe (TrainConfig fields); unset flags keep the recipe's values."""
+    group = parser.add_argument_group("training (overrides the recipe)")
+    group.add_argument("--arch", help="model name (herbid models) or timm:NAME (default efficientnet_lite0)")
+    if with_init:
+        group.add_argument("--init", help="random, imagenet, or a weights file / bundle / run folder (transfer)")
+    group.add_argument("--recipe", help="named recipe (default: paper)")
+    group.add_argument("--epochs", type=int)
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--lr", type=float)
+    group.add_argument("--momentum", type=float)
+    group.add_argument("--weight-decay", type=float)
+    group.add_argument("--schedule")
+    group.add_argument("--label-smoothing", type=float)
+    group.add_argument("--input-size", type=int)
+    group.add_argument("--resize-size", type=int)
+    group.add_argument("--val-fraction", type=float, help="validation carved from train; selects the epoch")
+    group.add_argument("--fold", type=int, help="test on fold K of a --folds dataset, train on the others")
+    group.add_argument("--seed", type=int)
+    group.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    group.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    group.add_argument("--workers", type=int, help="data-loading processes")
+    group.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other TrainConfig field")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     name = f"{args.command} {args.subcommand}" if getattr(args, "subcommand", None) else args.command
-    if getattr(args, "workers", "absent") is None:
-        import os
-
-        args.workers = os.cpu_count() or 1
     try:
         return COMMANDS[name](args)
     except KeyboardInterrupt:
@@ -199,7 +332,11 @@ def _is_user_error(exc: Exception) -> bool:
     from herbid.data.folder import DatasetError
     from herbid.data.sources.base import SourceError
 
-    return isinstance(exc, (CommandError, DatasetError, SourceError, FileNotFoundError, ValueError))
+    from herbid.models.registry import WeightsUnavailable
+    from herbid.training.bundle import BundleError
+
+    return isinstance(exc, (CommandError, DatasetError, SourceError, BundleError, WeightsUnavailable,
+                            FileNotFoundError, ValueError))
 
 
 def run() -> None:
