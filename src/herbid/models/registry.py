@@ -91,8 +91,4 @@ def _load_builtin_models() -> None:
     import importlib
 
     for module in BUILTIN_MODEL_MODULES:
-        try:
-            importlib.import_module(f"herbid.models.{module}")
-        except ModuleNotFoundError as exc:  # TEMP while the modules are being written
-            if exc.name != f"herbid.models.{module}":
-                raise
+        importlib.import_module(f"herbid.models.{module}")
