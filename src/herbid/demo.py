@@ -15,8 +15,10 @@ from herbid.data.audit import audit_dataset, dataset_stats
 from herbid.data.build import BuildOptions, build_dataset
 from herbid.data.splits import split_dataset
 
-#: The online sample: ~10 species × ~20 sheets of one genus, enough to train on quickly.
-IDIGBIO_DEMO_QUERY = "idigbio:genus=quercus&limit=400"
+#: The online sample: 10 oaks × ≤25 sheets (one query each, so every species gets its share).
+DEMO_SPECIES = ("alba", "rubra", "velutina", "coccinea", "macrocarpa", "bicolor", "montana", "palustris",
+                "stellata", "virginiana")
+IDIGBIO_DEMO_QUERIES = tuple(f"idigbio:scientificname=quercus {epithet}&limit=25" for epithet in DEMO_SPECIES)
 IDIGBIO_PROBE_URL = "https://search.idigbio.org/v2/search/records?limit=0"
 DEMO_PER_SPECIES = (10, 20)
 
@@ -34,32 +36,33 @@ def is_online(url: str = IDIGBIO_PROBE_URL, timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_source(explicit: str | None, out: Path) -> tuple[str, Path, BuildOptions]:
-    """(description, dataset folder, build options) for the demo's data."""
+def resolve_source(explicit: str | None, out: Path) -> tuple[list[str], Path, BuildOptions]:
+    """(sources, dataset folder, build options) for the demo's data."""
     options = BuildOptions(workers=os.cpu_count() or 1)
     source = explicit or os.environ.get("DEMO_SOURCE")
     if source:
-        return source, out / "dataset", options
+        return [source], out / "dataset", options
     if is_online():
         options.min_per_species, options.max_per_species = DEMO_PER_SPECIES
-        return IDIGBIO_DEMO_QUERY, cache_dir() / "demo-idigbio-quercus", options
+        return list(IDIGBIO_DEMO_QUERIES), cache_dir() / "demo-idigbio-quercus", options
     from herbid.data.synthetic import make_synthetic_collection
 
     print("offline and no DEMO_SOURCE given: running on SYNTHETIC herbarium sheets, not real data",
           file=sys.stderr)
     synthetic = make_synthetic_collection(out / "synthetic-source", n_species=6, per_species=12,
                                           collectors_per_species=4, seed=0)
-    return str(synthetic), out / "dataset-synthetic", options
+    return [str(synthetic)], out / "dataset-synthetic", options
 
 
 def run_demo(out: str | Path = "demo-out", source: str | None = None, workers: int | None = None) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    location, dataset, options = resolve_source(source, out)
+    sources, dataset, options = resolve_source(source, out)
+    location = sources[0] if len(sources) == 1 else f"{sources[0]} and {len(sources) - 1} more"
     if workers:
         options.workers = workers
     print(f"[1/4] building a dataset from {location} → {dataset}", file=sys.stderr)
-    built = build_dataset([location], dataset, options)
+    built = build_dataset(sources, dataset, options)
     if built.images == 0:
         print("herbid demo: no usable images; see report.json", file=sys.stderr)
         return 1

@@ -1,0 +1,231 @@
+"""Typed training configuration, named recipes, and YAML / command-line overrides.
+
+A run is fully described by one :class:`TrainConfig`; it is saved as ``RUN/config.yaml``
+and inside every checkpoint and bundle, so a result can always be traced to its settings.
+Recipes are named sets of overrides (a registry dict), applied before a YAML file and
+before command-line overrides: ``recipe < file < overrides``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from herbid.data.folder import atomic_path
+
+CONFIG_YAML = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: unknown key, bad value or type."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (defaults = the paper's recipe).
+
+    ``batch_size`` is per process: under ``torchrun`` the global batch is
+    ``batch_size × world_size`` (scale ``lr`` yourself if you change the global batch).
+    """
+
+    dataset: str = ""
+    out: str = "runs/run"
+    arch: str = "efficientnet_lite0"
+    #: "random", "imagenet", or the path of a weights file, bundle or run folder; a path is
+    #: a *transfer*: every tensor but the classifier is loaded, the classifier is new.
+    init: str = "random"
+    recipe: str = "paper"
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 0.0075
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    #: Learning-rate schedule per iteration (see herbid.training.schedules.SCHEDULES).
+    schedule: str = "poly"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    #: None = the model's own preprocessing (e.g. 224 crops from the 256×256 images).
+    input_size: int | None = None
+    resize_size: int | None = None
+    hflip: bool = True
+    #: > 0: a group-aware validation split carved from train; it (never test) picks the
+    #: bundled epoch and fits the temperature. 0: the manifest's own "val" rows, if any.
+    val_fraction: float = 0.0
+    #: How the val split groups images (see herbid.data.splits.GROUP_MODES).
+    val_by: str = "collector"
+    train_split: str = "train"
+    test_split: str = "test"
+    val_split: str = "val"
+    #: Cross-validation: test = rows with fold == k, train = every other fold.
+    fold: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+    #: "none", "bf16" (autocast, CPU and CUDA) or "fp16" (autocast + GradScaler, CUDA only).
+    amp: str = "none"
+    workers: int = 2
+    resume: bool = False
+    #: Provenance of earlier stages, e.g. ["imagenet", "NY"]; empty = inferred from init.
+    init_chain: list[str] = field(default_factory=list)
+    #: Caps the steps of every epoch (tests, benchmarks, smoke runs).
+    max_steps_per_epoch: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return apply_overrides(self, changes)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out)
+
+
+#: Named recipes: overrides applied on top of the dataclass defaults.
+RECIPES: dict[str, dict[str, Any]] = {
+    # Carranza-Rojas et al. 2017: Caffe GoogLeNet solver, SGD, batch 16, lr 0.0075, poly
+    # decay, 224×224 random crops of the 256×256 sheets with mirroring. The defaults.
+    "paper": {},
+    # A quick CPU smoke recipe for the small test CNN.
+    "smoke": {"arch": "small_cnn", "epochs": 3, "lr": 0.05, "schedule": "cosine", "workers": 0},
+}
+
+
+def recipe_overrides(name: str) -> dict[str, Any]:
+    try:
+        return dict(RECIPES[name])
+    except KeyError:
+        raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}") from None
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+
+
+def _coerce_scalar(value: Any, kind: type, key: str) -> Any:
+    """Convert ``value`` (possibly a command-line string) to ``kind``."""
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is bool:
+        text = str(value).strip().lower()
+        truth = {"true": True, "1": True, "yes": True, "on": True,
+                 "false": False, "0": False, "no": False, "off": False}
+        if text in truth:
+            return truth[text]
+    elif kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def coerce(key: str, value: Any) -> Any:
+    """``value`` converted to the declared type of ``TrainConfig.key``."""
+    types_ = _field_types()
+    if key not in types_:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(types_))}")
+    hint = types_[key]
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce_scalar(v, item, key) for v in value]
+    return _coerce_scalar(value, hint, key)
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A new config with ``overrides`` applied (values type-checked / converted)."""
+    changes = {key: coerce(key, value) for key, value in overrides.items()}
+    return validate(dataclasses.replace(config, **changes))
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Reject values that would only fail later, deep inside a run."""
+    from herbid.training.schedules import SCHEDULES
+    from herbid.training.precision import AMP_MODES
+
+    checks = [
+        (config.epochs >= 0, "epochs must be >= 0"),
+        (config.batch_size >= 1, "batch_size must be >= 1"),
+        (config.lr > 0, "lr must be > 0"),
+        (0.0 <= config.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+        (0.0 <= config.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+        (config.workers >= 0, "workers must be >= 0"),
+        (config.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+        (config.schedule in SCHEDULES, f"schedule must be one of {sorted(SCHEDULES)}"),
+        (config.amp in AMP_MODES, f"amp must be one of {sorted(AMP_MODES)}"),
+        (config.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}"),
+        (config.max_steps_per_epoch is None or config.max_steps_per_epoch >= 0, "max_steps_per_epoch must be >= 0"),
+    ]
+    problems = [message for ok, message in checks if not ok]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults ← recipe ← YAML file ← ``overrides`` (e.g. parsed ``--set key=value``).
+
+    The recipe named in the overrides wins over the one named in the file. Unknown keys
+    are an error naming the valid ones, so a typo never silently trains something else.
+    """
+    from_file = read_yaml(path) if path is not None else {}
+    overrides = dict(overrides or {})
+    recipe = overrides.get("recipe", from_file.get("recipe", TrainConfig.recipe))
+    merged = {**recipe_overrides(str(recipe)), **from_file, **overrides, "recipe": recipe}
+    return apply_overrides(TrainConfig(), merged)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.01", "epochs=5"]`` → ``{"lr": "0.01", "epochs": "5"}`` (typed later)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a saved config (from a checkpoint or ``config.yaml``) without a recipe pass."""
+    return apply_overrides(TrainConfig(), data)

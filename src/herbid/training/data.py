@@ -1,0 +1,314 @@
+"""Images and labels for training and evaluation, read from a dataset folder's manifest.
+
+Reproducibility is designed in rather than hoped for:
+
+* the order of the training data comes from a ``torch.Generator`` seeded with
+  ``(seed, epoch)`` (``DistributedSampler`` semantics, also with one process);
+* each sample's augmentation draws from its own RNG seeded with ``(seed, epoch, index)``,
+  which the sampler hands to the dataset together with the index. So the crops and flips
+  of epoch 3 are the same whether there are 0 or 8 loader workers, one or four GPUs, and
+  whether the run was resumed before epoch 3 or not.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from herbid.data.folder import TRAIN_SIZE
+from herbid.data.splits import text_column
+from herbid.models.base import Preprocessing
+
+#: A dataset key: an index, or an index with the seed of that sample's augmentation.
+SampleKey = int | tuple[int, int]
+
+
+# ------------------------------------------------------------------------ images
+
+
+def load_image(dataset_dir: Path, image_path: str, large_image_path: str | None, resize_size: int) -> Image.Image:
+    """The sheet as RGB, ``resize_size`` × ``resize_size`` (the paper squeezes, no aspect kept).
+
+    Up to the stored 256×256 copy that copy is read; larger sizes come from the ≤1024 px
+    copy. JPEG ``draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when that is still at
+    least the target size, which is much faster than decoding everything and resizing.
+    """
+    use_large = resize_size > TRAIN_SIZE and large_image_path
+    path = dataset_dir / (large_image_path if use_large else image_path)
+    with Image.open(path) as image:
+        image.draft("RGB", (resize_size, resize_size))
+        rgb = image.convert("RGB")
+    if rgb.size != (resize_size, resize_size):
+        rgb = rgb.resize((resize_size, resize_size), Image.BILINEAR)
+    return rgb
+
+
+# -------------------------------------------------------------------- transforms
+
+
+def _to_normalized_tensor(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """HWC uint8 → CHW float32 ``(x / 255 − mean) / std`` (torchvision's ToTensor + Normalize).
+
+    Done in numpy: in a loader worker torch's element-wise kernels pay thread-pool
+    overhead that costs more than the arithmetic on one image (10× slower measured).
+    """
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32)
+    chw /= np.float32(255.0)
+    chw -= mean
+    chw /= std
+    return torch.from_numpy(chw)
+
+
+@dataclass(frozen=True)
+class _Normalize:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1),
+                np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1))
+
+
+class TrainTransform:
+    """Random ``input_size`` crop of the ``resize_size`` image, random mirror, normalise
+    (Caffe's default ``crop_size`` + ``mirror`` augmentation used by the paper).
+
+    ``rng`` makes the draw reproducible per sample; without one a fresh RNG is used.
+    """
+
+    uses_rng = True
+
+    def __init__(self, input_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float],
+                 hflip: bool = True) -> None:
+        if input_size > resize_size:
+            raise ValueError(f"input_size {input_size} is larger than resize_size {resize_size}")
+        self.input_size, self.resize_size, self.hflip = input_size, resize_size, hflip
+        self.mean, self.std = _Normalize(tuple(mean), tuple(std)).arrays()
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        rng = rng or random.Random()
+        pixels = np.asarray(image)
+        height, width = pixels.shape[:2]
+        top = rng.randint(0, height - self.input_size)
+        left = rng.randint(0, width - self.input_size)
+        pixels = pixels[top:top + self.input_size, left:left + self.input_size]
+        if self.hflip and rng.random() < 0.5:
+            pixels = pixels[:, ::-1]
+        return _to_normalized_tensor(pixels, self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"TrainTransform(crop {self.input_size} of {self.resize_size}, hflip={self.hflip})"
+
+
+class EvalTransform:
+    """Centre ``input_size`` crop of the ``resize_size`` image, normalise (Caffe's TEST phase)."""
+
+    uses_rng = False
+
+    def __init__(self, input_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        if input_size > resize_size:
+            raise ValueError(f"input_size {input_size} is larger than resize_size {resize_size}")
+        self.input_size, self.resize_size = input_size, resize_size
+        self.mean, self.std = _Normalize(tuple(mean), tuple(std)).arrays()
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        pixels = np.asarray(image)
+        height, width = pixels.shape[:2]
+        top = (height - self.input_size) // 2
+        left = (width - self.input_size) // 2
+        return _to_normalized_tensor(pixels[top:top + self.input_size, left:left + self.input_size],
+                                     self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(centre {self.input_size} of {self.resize_size})"
+
+
+def resolved_sizes(preprocessing: Preprocessing, input_size: int | None, resize_size: int | None) -> tuple[int, int]:
+    """The (input, resize) sizes actually used: explicit values, else the model's.
+
+    An explicit input size without a resize size keeps the model's crop ratio
+    (224 of 256 → 448 of 512).
+    """
+    if input_size is None:
+        input_size = preprocessing.input_size
+        resize_size = resize_size or preprocessing.resize_size
+    elif resize_size is None:
+        resize_size = round(input_size * preprocessing.resize_size / preprocessing.input_size)
+    return int(input_size), int(resize_size)
+
+
+def train_transform(preprocessing: Preprocessing, input_size: int | None = None, resize_size: int | None = None,
+                    hflip: bool = True) -> TrainTransform:
+    size, resize = resolved_sizes(preprocessing, input_size, resize_size)
+    return TrainTransform(size, resize, preprocessing.mean, preprocessing.std, hflip)
+
+
+def eval_transform(preprocessing: Preprocessing, input_size: int | None = None,
+                   resize_size: int | None = None) -> EvalTransform:
+    size, resize = resolved_sizes(preprocessing, input_size, resize_size)
+    return EvalTransform(size, resize, preprocessing.mean, preprocessing.std)
+
+
+# ----------------------------------------------------------------------- dataset
+
+
+class ManifestDataset(Dataset):
+    """``(image tensor, class index)`` for the rows of ``frame``.
+
+    Keys may be plain indices or ``(index, seed)`` pairs (see :class:`SeededBatchSampler`);
+    with a seed, the transform's randomness comes from that seed alone. Rows are kept as
+    plain lists, not a DataFrame, so that loader workers do not copy the frame page by page.
+    """
+
+    def __init__(self, dataset_dir: str | Path, frame: pd.DataFrame, species: list[str],
+                 transform: Callable[..., torch.Tensor]) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.transform = transform
+        self.species = list(species)
+        index = {name: i for i, name in enumerate(self.species)}
+        names = text_column(frame, "scientificName").tolist()
+        unknown = sorted({n for n in names if n not in index}, key=str)
+        if unknown:
+            raise ValueError(f"{len(unknown)} species are not in the class list, e.g. {unknown[:3]}")
+        self.targets = [index[n] for n in names]
+        self.image_paths = [str(p) for p in frame["image_path"].tolist()]
+        large = text_column(frame, "large_image_path").tolist()
+        self.large_image_paths = [p for p in large]
+        self.resize_size = int(getattr(transform, "resize_size", TRAIN_SIZE))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, index: int) -> Image.Image:
+        return load_image(self.dataset_dir, self.image_paths[index], self.large_image_paths[index], self.resize_size)
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = self.load(index)
+        return self._apply(image, seed), self.targets[index]
+
+    def _apply(self, image: Image.Image, seed: int | None) -> torch.Tensor:
+        if getattr(self.transform, "uses_rng", False):
+            return self.transform(image, rng=random.Random(seed) if seed is not None else None)
+        if seed is None:
+            return self.transform(image)
+        # A foreign (e.g. torchvision) transform draws from torch's global RNG: seed it for
+        # this sample only, restoring the caller's state (the main process's, with 0 workers).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image)
+
+
+# ---------------------------------------------------------------------- samplers
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentation in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(index, augmentation seed)`` from an index sampler with ``set_epoch``.
+
+    A final batch of one sample is dropped: BatchNorm after global pooling cannot train on
+    a single value per channel, and a different epoch order will use that image later.
+    """
+
+    def __init__(self, sampler: Any, batch_size: int, seed: int, max_batches: int | None = None) -> None:
+        self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
+        self.max_batches = max_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        full, rest = divmod(n, self.batch_size)
+        batches = full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batch: list[tuple[int, int]] = []
+        limit = len(self)
+        emitted = 0
+        for index in self.sampler:
+            batch.append((int(index), sample_seed(self.seed, self.epoch, int(index))))
+            if len(batch) == self.batch_size:
+                yield batch
+                emitted += 1
+                batch = []
+                if emitted >= limit:
+                    return
+        if batch and emitted < limit:
+            yield batch
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: every sample on exactly one process, no padding.
+
+    ``DistributedSampler`` pads the shards to equal length with repeated samples, which is
+    right for training and wrong for evaluation (the repeats would be counted twice).
+    """
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+# --------------------------------------------------------------------- selection
+
+
+def species_and_taxonomy(frame: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, str | None]]]:
+    """Sorted species names (the class order) and each one's genus and family.
+
+    The genus and family are the most common non-empty values among the species' rows.
+    """
+    names = text_column(frame, "scientificName")
+    if names.isna().any():
+        raise ValueError(f"{int(names.isna().sum())} manifest rows have no scientificName")
+    species = sorted(set(names.tolist()))
+    taxonomy: dict[str, dict[str, str | None]] = {}
+    columns = {rank: text_column(frame, rank) for rank in ("genus", "family")}
+    for name in species:
+        rows = names == name
+        taxonomy[name] = {rank: _most_common(values[rows]) for rank, values in columns.items()}
+    return species, taxonomy
+
+
+def _most_common(values: pd.Series) -> str | None:
+    counts = values.dropna().value_counts()
+    return str(counts.index[0]) if len(counts) else None
+
+
+def select_rows(frame: pd.DataFrame, *, split: str | None = None, fold: int | None = None,
+                train: bool = True) -> pd.DataFrame:
+    """The rows of one side of the experiment.
+
+    With ``fold=k`` the ``split`` column is ignored: ``train=True`` gives every fold but k,
+    ``train=False`` gives fold k. Otherwise the rows whose ``split`` equals ``split``.
+    """
+    if fold is not None:
+        if "fold" not in frame.columns or frame["fold"].isna().all():
+            raise ValueError("fold is set but the manifest has no fold column; run `herbid dataset split --folds K`")
+        folds = pd.to_numeric(frame["fold"], errors="coerce")
+        mask = (folds != fold) & folds.notna() if train else folds == fold
+        return frame[mask.to_numpy()]
+    if split is None:
+        raise ValueError("select_rows needs split= or fold=")
+    return frame[(text_column(frame, "split") == split).to_numpy()]

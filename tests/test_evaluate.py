@@ -1,0 +1,99 @@
+"""``evaluate_bundle``: species top-1/top-5, genus/family top-1, unknown species, folds."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from herbid.data.build import BuildOptions, build_dataset
+from herbid.data.folder import load_manifest
+from herbid.data.splits import split_dataset
+from herbid.data.synthetic import make_synthetic_collection
+from herbid.evaluation.evaluate import evaluate_bundle, rank_top1, topk_hits
+from herbid.training.bundle import load_bundle
+from herbid.training.config import load_config
+from herbid.training.loop import train
+
+
+def _dataset(root, name, *, seed, n_species=4, per_species=8, folds=None):
+    source = make_synthetic_collection(root / f"{name}-src", n_species=n_species, per_species=per_species,
+                                       seed=seed, size=(160, 240))
+    folder = build_dataset([source], root / name, BuildOptions(workers=1, progress=False)).out
+    split_dataset(folder, by="specimen", test_fraction=0.3, seed=0, folds=folds)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small_cnn trained one short epoch on 4 synthetic species (split + 2 folds)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    dataset = _dataset(root, "syn", seed=11, folds=2)
+    config = load_config(None, {"arch": "small_cnn", "recipe": "smoke", "epochs": 1, "batch_size": 8, "workers": 0,
+                                "device": "cpu", "input_size": 64, "resize_size": 72, "dataset": str(dataset),
+                                "out": str(root / "run")})
+    result = train(config, progress=False)
+    return SimpleNamespace(root=root, dataset=dataset, result=result)
+
+
+def test_matches_the_training_runs_own_test_metrics(trained):
+    metrics = evaluate_bundle(trained.result.run_dir, trained.dataset, split="test", device="cpu")
+    final = trained.result.final
+    assert metrics["n"] == final["n"]
+    assert metrics["top1"] == pytest.approx(final["top1"])
+    assert metrics["top5"] == pytest.approx(final["top5"])
+    assert metrics["loss"] == pytest.approx(final["loss"], rel=1e-4)
+    assert metrics["unknown_species"] == 0
+    assert sum(s["n"] for s in metrics["per_species"].values()) == metrics["n"]
+
+
+def test_fewer_than_five_species_gives_top5_of_one_and_taxa(trained):
+    bundle = load_bundle(trained.result.run_dir)
+    assert len(bundle.species) == 4
+    metrics = evaluate_bundle(bundle, trained.dataset, split="test", device="cpu")
+    assert metrics["top5"] == 1.0
+    # the synthetic species span 3 genera and 2 families (deterministic CPU training)
+    assert metrics["genus_top1"] is not None and metrics["family_top1"] is not None
+    assert metrics["genus_top1"] >= metrics["top1"]
+    assert metrics["family_top1"] >= metrics["top1"]
+
+
+def test_fold_rows_instead_of_a_split(trained):
+    frame = load_manifest(trained.dataset)
+    metrics = evaluate_bundle(trained.result.run_dir, trained.dataset, fold=1, device="cpu")
+    assert metrics["n"] == int((frame["fold"] == 1).sum())
+    assert metrics["fold"] == 1 and metrics["split"] is None
+    with pytest.raises(ValueError, match="no rows in split 'val'"):
+        evaluate_bundle(trained.result.run_dir, trained.dataset, split="val", device="cpu")
+
+
+def test_unknown_species_count_as_wrong(trained):
+    other = _dataset(trained.root, "five", seed=12, n_species=5, per_species=4)
+    bundle = load_bundle(trained.result.run_dir)
+    metrics = evaluate_bundle(bundle, other, split="test", device="cpu")
+    frame = load_manifest(other)
+    test = frame[frame["split"] == "test"]
+    unknown = test[~test["scientificName"].isin(bundle.species)]
+    assert len(unknown) > 0
+    assert metrics["unknown_species"] == len(unknown)
+    assert metrics["n"] == len(test)  # included in n...
+    assert metrics["top5"] == pytest.approx((len(test) - len(unknown)) / len(test))  # ...and never right
+    (name,) = set(unknown["scientificName"])
+    assert metrics["unknown_species_names"] == [name]
+    assert metrics["per_species"][name] == {"n": len(unknown), "top1": 0.0, "top5": 0.0, "known": False}
+    assert not math.isnan(metrics["loss"])  # over the known rows
+
+
+def test_rank_top1_sums_probabilities_per_taxon():
+    # A1 alone beats B1 and B2 as a species, but genus B (0.3 + 0.3) beats genus A (0.4)
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.3], [0.1, 0.2, 0.7]]))
+    bundle = SimpleNamespace(species=["A a1", "B b1", "B b2"],
+                             taxonomy={"A a1": {"genus": "A"}, "B b1": {"genus": "B"}, "B b2": {"genus": "B"}})
+    frame = pd.DataFrame({"scientificName": ["A a1", "B b2"], "genus": [None, "B"]})  # row 0: from the bundle
+    assert topk_hits(logits, torch.tensor([0, 2]), 1).tolist() == [True, True]
+    assert rank_top1(logits, frame, bundle, "genus") == 0.5
+    assert rank_top1(logits, frame, bundle, "family") is None  # no family known
+    assert topk_hits(logits, torch.tensor([5, 1]), 5).tolist() == [False, True]  # k clamped; unknown class
