@@ -145,6 +145,22 @@ def resize_copies(rgb: Image.Image) -> tuple[Image.Image, Image.Image]:
     return large, small
 
 
+def encode_jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def normalised_copies(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, Image.Image]:
+    """The large and 256×256 copies of an image exactly as a dataset build stores them.
+
+    Identification of a new sheet goes through this, so that a sheet gives the model the
+    same pixels (JPEG round trip included) whether it came from a dataset or an upload.
+    """
+    rgb, _, _ = decode_rgb(data, max_pixels=max_pixels)
+    return tuple(Image.open(io.BytesIO(encode_jpeg(copy))).convert("RGB") for copy in resize_copies(rgb))
+
+
 def perceptual_hash(image: Image.Image) -> str:
     """256-bit DCT perceptual hash (64 hex digits) for near-duplicate detection.
 
@@ -182,7 +198,7 @@ def store_image(source: Path, dataset_dir: Path, *, max_pixels: int = DEFAULT_MA
     large, small = resize_copies(rgb)
     for image, rel in ((large, large_rel), (small, small_rel)):
         with atomic_path(dataset_dir / rel) as tmp:
-            image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
+            tmp.write_bytes(encode_jpeg(image))
     stored = StoredImage(
         image_id=image_id,
         sha256=sha256,

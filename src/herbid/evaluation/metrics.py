@@ -43,8 +43,9 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] 
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP / compile wrappers (evaluation needs no gradient sync)."""
-    while hasattr(model, "module"):
+    """The module inside a (Distributed)DataParallel wrapper: evaluation needs no gradient
+    sync or buffer broadcast, and each rank evaluates its own shard."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
 

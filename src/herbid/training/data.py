@@ -181,8 +181,7 @@ class ManifestDataset(Dataset):
             raise ValueError(f"{len(unknown)} species are not in the class list, e.g. {unknown[:3]}")
         self.targets = [index[n] for n in names]
         self.image_paths = [str(p) for p in frame["image_path"].tolist()]
-        large = text_column(frame, "large_image_path").tolist()
-        self.large_image_paths = [p for p in large]
+        self.large_image_paths: list[str | None] = text_column(frame, "large_image_path").tolist()
         self.resize_size = int(getattr(transform, "resize_size", TRAIN_SIZE))
 
     def __len__(self) -> int:
