@@ -19,7 +19,7 @@ processes); the headline compares each side's best round (a round under sustaine
 is only ever slower). The per-epoch images/s that ``train()`` records are printed too.
 
     python benchmarks/train_throughput.py [--arch efficientnet_lite0] [--batch 16]
-        [--steps 10] [--epochs 3] [--repeat 2] [--workers 2] [--data DATASET]
+        [--steps 10] [--epochs 3] [--repeat 2] [--workers 2] [--threads N] [--data DATASET]
 """
 
 from __future__ import annotations
@@ -169,10 +169,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved runs of each loop")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a busy machine")
     parser.add_argument("--data", type=Path, help="an existing split dataset (default: a synthetic one)")
     parser.add_argument("--species", type=int, default=8)
     parser.add_argument("--per-species", type=int, default=32)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     requested = args.workers
     args.workers = loader_workers(requested, torch.device("cpu"))
 

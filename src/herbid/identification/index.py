@@ -25,12 +25,12 @@ Search backends live in :data:`BACKENDS`, a registry: exact inner product in num
 sub-linear). ``auto`` (:data:`AUTO_TIERS`) uses exact numpy search below
 :data:`HNSW_THRESHOLD` vectors and HNSW from there on, when faiss is installed. Measured
 with ``benchmarks/similar_latency.py`` on 2 CPU cores: numpy answers one query over
-100k × 1280 in ~35 ms (batches of 32: ~9 ms per query), scaling linearly (~0.35 s at
-1M × 1280, where each query reads 5 GB); faiss-cpu's flat index was 2–3× *slower* than
-numpy there, so ``auto`` does not pick it (name it explicitly where a faiss build with a
-faster BLAS makes it worthwhile). HNSW answers in a few ms whatever the size, but its
-graph takes ~30 s per 20k vectors of 1280-d to build on 2 cores and it is approximate, so
-below a million sheets exactness wins.
+100k × 1280 in ~35 ms (batches of 32: ~8 ms per query), scaling linearly (~0.26 s p50,
+~0.38 s p95 at 1M × 1280, where each query reads 5 GB); faiss-cpu's flat index was
+1.2–3× *slower* than numpy there, so ``auto`` does not pick it (name it explicitly where
+a faiss build with a faster BLAS makes it worthwhile). HNSW answers in ~3 ms whatever the
+size, but its graph takes ~35 s per 20k vectors of 1280-d to build on 2 cores and it is
+approximate, so below a million sheets exactness wins.
 
 Because the index stores *labelled* neighbours, a k-NN vote over it is a classifier that
 needs no retraining (:meth:`SpecimenIndex.knn_probabilities`): a species with a handful
@@ -545,23 +545,28 @@ class SpecimenIndex:
                 codes[position] = column.get(label, -1)
         return codes
 
-    def nearest_similarity(self, query_embeddings: np.ndarray, *,
+    def nearest_similarity(self, query_embeddings: np.ndarray, k: int = 1, *,
                            exclude: Sequence[Collection[str]] | None = None) -> np.ndarray:
-        """Cosine similarity of each query to its nearest indexed sheet (−inf if none)."""
-        return self.search(query_embeddings, 1, exclude=exclude)[0][:, 0]
+        """Mean cosine similarity of each query to its ``k`` nearest indexed sheets
+        (fewer if the index is smaller; −inf if it has none)."""
+        scores = self.search(query_embeddings, k, exclude=exclude)[0]
+        found = np.isfinite(scores)
+        total = np.where(found, scores, 0.0).sum(axis=1)
+        count = found.sum(axis=1)
+        return np.divide(total, count, out=np.full(len(scores), -np.inf), where=count > 0)
 
-    def reference_similarities(self, sample: int = 2000, seed: int = 0) -> np.ndarray:
-        """Leave-one-out nearest-neighbour similarities of (a sample of) the indexed sheets.
+    def reference_similarities(self, k: int = 1, sample: int = 2000, seed: int = 0) -> np.ndarray:
+        """Leave-one-out :meth:`nearest_similarity` of (a sample of) the indexed sheets.
 
         The yardstick for "unusually far from everything": how close an ordinary indexed
-        sheet is to its nearest other sheet.
+        sheet is to its nearest other sheets.
         """
         if len(self) < 2:
             return np.empty(0, np.float32)
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(len(self), size=min(sample, len(self)), replace=False))
         own = [{self.image_ids[r]} for r in rows]
-        similarities = self.nearest_similarity(self.embeddings[rows], exclude=own)
+        similarities = self.nearest_similarity(self.embeddings[rows], k, exclude=own)
         return similarities[np.isfinite(similarities)]
 
     # --- writing ---------------------------------------------------------------------
@@ -570,6 +575,13 @@ class SpecimenIndex:
         """Write embeddings, metadata, the backend's own file, then ``index.json`` last."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        # an old index.json over new embeddings would describe the wrong index: drop it
+        # first (it is written last), and any other backend's stale saved state with it
+        (folder / INDEX_JSON).unlink(missing_ok=True)
+        for backend in BACKENDS.values():
+            stale = getattr(backend, "file", None)
+            if stale and backend.name != self.backend_name:
+                (folder / stale).unlink(missing_ok=True)
         with atomic_path(folder / EMBEDDINGS) as tmp, open(tmp, "wb") as handle:
             np.save(handle, np.ascontiguousarray(self.embeddings, dtype=np.float32))
         with atomic_path(folder / METADATA) as tmp:
@@ -650,7 +662,7 @@ def build_index(bundle: str | Path | Bundle, dataset_dir: str | Path, out_dir: s
                           progress=progress, description="index: embedding sheets")
     index = SpecimenIndex(encoded.embeddings, sheet_metadata(dataset_dir, frame), backend_name=backend)
     datasets = [{"path": str(Path(dataset_dir).resolve()), "split": split, "count": len(frame)}]
-    return index.save(out_dir, _index_info(loaded, datasets))
+    return index.save(out_dir, {**_index_info(loaded, datasets), "backend_requested": backend})
 
 
 def add_to_index(index_dir: str | Path, dataset_dir: str | Path, *, bundle: str | Path | Bundle | None = None,
@@ -677,11 +689,12 @@ def add_to_index(index_dir: str | Path, dataset_dir: str | Path, *, bundle: str 
                           progress=progress, description="index: embedding new sheets")
     merged = SpecimenIndex(np.concatenate([index.embeddings, encoded.embeddings]),
                            pd.concat([index.metadata, sheet_metadata(dataset_dir, frame)], ignore_index=True),
-                           backend_name=index.info.get("backend", "auto"))
+                           backend_name=index.info.get("backend_requested", "auto"))  # auto: by the new size
     datasets = [*index.info.get("datasets", []),
                 {"path": str(Path(dataset_dir).resolve()), "split": split, "count": len(frame),
                  "species": sorted(species) if species is not None else None}]
-    return merged.save(index_dir, _index_info(loaded, datasets, created=index.info.get("created")))
+    info = _index_info(loaded, datasets, created=index.info.get("created"))
+    return merged.save(index_dir, {**info, "backend_requested": index.info.get("backend_requested", "auto")})
 
 
 # --------------------------------------------------------------------- convenience
