@@ -15,11 +15,11 @@ see ``herbid.training.prepare.loader_workers``, so the ratio measures the loop a
 Epoch 1 includes worker start-up on both sides; the ratio uses the later epochs. Runs are
 interleaved (bare, herbid, bare, herbid, ...). Per round and side, the median step-to-step
 time of the steady epochs gives images/s (robust to short bursts of load from other
-processes); the headline compares each side's best round (a round under sustained load
-is only ever slower). The per-epoch images/s that ``train()`` records are printed too.
+processes); the headline ratio is the median over rounds of herbid/bare, each round's two
+runs being back to back. The per-epoch images/s that ``train()`` records are printed too.
 
     python benchmarks/train_throughput.py [--arch efficientnet_lite0] [--batch 16]
-        [--steps 10] [--epochs 3] [--repeat 2] [--workers 2] [--threads N] [--data DATASET]
+        [--steps 8] [--epochs 2] [--repeat 3] [--workers 2] [--threads N] [--data DATASET]
 """
 
 from __future__ import annotations
@@ -165,9 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="efficientnet_lite0")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10, help="training steps per epoch")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
-    parser.add_argument("--repeat", type=int, default=2, help="interleaved runs of each loop")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (the first is warm-up)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each loop")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a busy machine")
     parser.add_argument("--data", type=Path, help="an existing split dataset (default: a synthetic one)")
@@ -206,14 +206,14 @@ def main() -> None:
             print(f"  round {r + 1}: bare {_fmt(bare_rates[-1])}  herbid {_fmt(herbid_rates[-1])} images/s per epoch; "
                   f"median step: bare {bare_steps[-1]:.1f}  herbid {herbid_steps[-1]:.1f}")
         steady = slice(1, None) if args.epochs > 1 else slice(None)
-        bare_epoch = max(rate for rates in bare_rates for rate in rates[steady])
-        herbid_epoch = max(rate for rates in herbid_rates for rate in rates[steady])
-        # Load from other processes only ever slows a round down: the least disturbed round
-        # of each side is the best estimate of what the loop itself costs.
-        bare_step, herbid_step = max(bare_steps), max(herbid_steps)
-        print(f"training  images/s  herbid {herbid_step:7.1f}  bare {bare_step:7.1f}  "
-              f"ratio {herbid_step / bare_step:.3f}  (best round's median step; best steady epoch: "
-              f"herbid {herbid_epoch:.1f}, bare {bare_epoch:.1f}, ratio {herbid_epoch / bare_epoch:.3f})")
+        bare_epoch = statistics.median(rate for rates in bare_rates for rate in rates[steady])
+        herbid_epoch = statistics.median(rate for rates in herbid_rates for rate in rates[steady])
+        # Each round pairs runs made back to back, so the median of the per-round ratios
+        # cancels slow drifts in the load other processes put on the machine.
+        ratio = statistics.median(h / b for h, b in zip(herbid_steps, bare_steps))
+        print(f"training  images/s  herbid {statistics.median(herbid_steps):7.1f}  "
+              f"bare {statistics.median(bare_steps):7.1f}  ratio {ratio:.3f}  (median step, median of "
+              f"{args.repeat} paired rounds; per-epoch medians: herbid {herbid_epoch:.1f}, bare {bare_epoch:.1f})")
 
         herbid_eval, bare_eval = inference(args, data, frame, species, preprocessing)
         print(f"inference images/s  herbid {herbid_eval:7.1f}  bare {bare_eval:7.1f}  "
