@@ -82,8 +82,15 @@ def test_demo_offline_runs_on_synthetic_sheets(tmp_path: Path, monkeypatch, caps
 
     monkeypatch.delenv("DEMO_SOURCE", raising=False)
     monkeypatch.setattr(demo, "is_online", lambda *a, **k: False)
+    # the demo's own EfficientNet-Lite0 runs take minutes; the tiny CNN checks the wiring
+    monkeypatch.setattr(demo, "DEMO_TRAINING", {"arch": "small_cnn", "epochs": 2, "lr": 0.05})
+    monkeypatch.setattr(demo, "DEMO_EXPERIMENTS", ("R.DEMO.DEMO",))
     assert main(["demo", "--out", str(tmp_path), "--workers", "1"]) == 0
     captured = capsys.readouterr()
     assert "SYNTHETIC" in captured.err
     manifest = load_manifest(tmp_path / "dataset-synthetic")
     assert len(manifest) == 72 and set(manifest["split"]) == {"train", "test"}
+    assert "| R.DEMO.DEMO |" in captured.out  # the results table is printed
+    results = (tmp_path / "experiments" / "results.csv").read_text().splitlines()
+    assert results[0].startswith("Experiment,Initialization,Training,Testing,Top-1 accuracy,Top-5 accuracy")
+    assert len(results) == 2
