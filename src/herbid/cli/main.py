@@ -570,9 +570,10 @@ def _is_user_error(exc: Exception) -> bool:
     from herbid.export import ExportError
     from herbid.models.registry import WeightsUnavailable
     from herbid.training.bundle import BundleError
+    from herbid.training.loop import ResumeError
 
     return isinstance(exc, (CommandError, DatasetError, SourceError, BundleError, WeightsUnavailable, ExportError,
-                            FileNotFoundError, ValueError))
+                            ResumeError, FileNotFoundError, ValueError))
 
 
 def run() -> None:
