@@ -4,7 +4,15 @@ Herbaria hold many sheets under outdated or wrong names; the paper's motivation 
 help taxonomists revise them. :func:`review_dataset` scores every sheet's *recorded*
 name with the bundle's calibrated classifier and ranks the sheets by **doubt**::
 
-    doubt = p(best other species) − p(recorded species)
+    p         = (1 − w) · p_classifier + w · p_kNN          (w = 0.5 by default)
+    doubt     = p(best other species) − p(recorded species)
+
+The calibrated classifier and the k-NN vote over the indexed sheets (the sheet itself
+excluded) are two independent witnesses: on the Harvard sheets, natural misclassifications
+of the classifier often still had neighbours of the recorded species, while planted wrong
+names had none, so averaging the two lifted the planted names above the natural errors.
+``p_recorded``/``p_suggested`` are these averaged probabilities; ``knn_p_recorded`` is the
+k-NN vote alone.
 
 We use this margin rather than ``−log p(recorded)`` because a curator needs a concrete
 alternative to check: the margin is high only when the model both rejects the recorded
@@ -89,6 +97,10 @@ class OodSettings:
     #: Floor of the robust scale (log units), so a reference of near-identical distances
     #: does not turn tiny differences into huge z-scores.
     min_scale: float = 0.05
+
+
+#: Weight of the k-NN vote against the classifier in the doubt score (0 = classifier only).
+KNN_WEIGHT = 0.5
 
 
 @dataclass
@@ -217,7 +229,8 @@ def _reference_index(index: str | Path | SpecimenIndex | None, bundle: Bundle, d
 def review_dataset(bundle: str | Path | Bundle, dataset_dir: str | Path, *,
                    index: str | Path | SpecimenIndex | None = None, split: str | None = None, top_k: int = 3,
                    evidence: int = 3, device: str = "auto", batch_size: int = 64, knn_k: int = 10,
-                   ood: OodSettings = OodSettings(), progress: bool = False) -> pd.DataFrame:
+                   knn_weight: float = KNN_WEIGHT, ood: OodSettings = OodSettings(),
+                   progress: bool = False) -> pd.DataFrame:
     """Every sheet of ``dataset_dir`` (or one split), most doubted recorded name first.
 
     Columns: :data:`REVIEW_COLUMNS`. ``index`` supplies the evidence sheets and the
@@ -233,8 +246,10 @@ def review_dataset(bundle: str | Path | Bundle, dataset_dir: str | Path, *,
     reference = _reference_index(index, loaded, dataset_dir, frame, encoded)
     recorded = text_column(frame, "scientificName").tolist()
     own = [{str(image_id)} for image_id in frame["image_id"].tolist()]
-    names = score_names(probs, recorded, loaded, top_k)
-    knn_p = _knn_recorded(reference, encoded.embeddings, recorded, own, knn_k)
+    knn_names, knn_probs = reference.knn_probabilities(encoded.embeddings, knn_k, exclude=own)
+    evidence_probs = (1 - knn_weight) * probs + knn_weight * _align(knn_names, knn_probs, loaded.species)
+    names = score_names(evidence_probs, recorded, loaded, top_k)
+    knn_p = _recorded_column(knn_names, knn_probs, recorded)
     table = pd.DataFrame({
         "image_id": frame["image_id"].astype(str).tolist(),
         "catalogNumber": text_column(frame, "catalogNumber").tolist(),
@@ -259,10 +274,18 @@ def _ood_columns(scores: OodScores) -> dict[str, np.ndarray]:
     return {"nn_similarity": scores.nn_similarity, "ood_score": scores.score, "ood_flag": scores.flag}
 
 
-def _knn_recorded(index: SpecimenIndex, embeddings: np.ndarray, recorded: Sequence[str | None],
-                  exclude: Sequence[Collection[str]], k: int) -> np.ndarray:
+def _align(names: Sequence[str], probs: np.ndarray, species: Sequence[str]) -> np.ndarray:
+    """k-NN votes re-indexed to the bundle's species (species only the index has drop out)."""
+    column = {name: i for i, name in enumerate(names)}
+    aligned = np.zeros((len(probs), len(species)), dtype=np.float64)
+    for j, name in enumerate(species):
+        if name in column:
+            aligned[:, j] = probs[:, column[name]]
+    return aligned
+
+
+def _recorded_column(names: Sequence[str], probs: np.ndarray, recorded: Sequence[str | None]) -> np.ndarray:
     """The k-NN vote (over the index, self excluded) for each sheet's recorded name."""
-    names, probs = index.knn_probabilities(embeddings, k, exclude=exclude)
     column = {name: i for i, name in enumerate(names)}
     return np.array([probs[i, column[name]] if name in column else 0.0 for i, name in enumerate(recorded)])
 
