@@ -89,6 +89,16 @@ def onnx_metadata(bundle: Bundle, exporter: str) -> dict[str, str]:
     }
 
 
+def _require(module: str) -> Any:
+    """Import an optional ONNX package, or say how to install it (one line, not a traceback)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ExportError(f"{module} is not installed; pip install 'herbid[onnx]'") from None
+
+
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The herbid metadata of an exported file, JSON values decoded (``species`` is a list)."""
     import onnx
@@ -143,7 +153,7 @@ def export_onnx(bundle: Bundle | str | Path, out_path: str | Path, *, opset: int
     ``exporter``: ``"dynamo"``, ``"torchscript"`` or ``"auto"`` (dynamo, then TorchScript).
     The file is checked with ``onnx.checker`` and replaced atomically.
     """
-    import onnx
+    onnx = _require("onnx")
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
@@ -208,7 +218,7 @@ def check_onnx(bundle: Bundle | str | Path, onnx_path: str | Path, images: Seque
     ``top5_identical`` (same indices in the same order), the largest absolute differences
     of logits and probabilities, and the top-5 names per image from both.
     """
-    import onnxruntime as ort
+    ort = _require("onnxruntime")
 
     from herbid.identification.predict import Identifier
 
