@@ -1,0 +1,234 @@
+"""Honest baselines: frozen backbone features + a linear probe or k-NN.
+
+Before crediting a fine-tuning recipe with an accuracy, it should beat what the frozen
+ImageNet backbone already gives for free. Two standard yardsticks:
+
+* ``linear-probe``: multinomial logistic regression (L2, full-batch LBFGS) on
+  standardised pooled features;
+* ``knn``: cosine-similarity k-nearest neighbours with similarity-weighted votes.
+
+Features are extracted once, in eval mode, with the eval transform: a centre
+``input_size`` crop of the ``resize_size`` image. By default that is the model's own
+preprocessing (resize 256 → crop 224 for the ImageNet models); ``input_size=resize_size=256``
+means the whole stored 256 px sheet, uncropped (a crop can cut off diagnostic parts of
+a sheet, which are spread over the whole page).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from herbid.data.folder import load_manifest
+from herbid.evaluation.evaluate import resolve_device
+from herbid.evaluation.metrics import topk_correct
+from herbid.models.registry import create_model
+from herbid.training.data import ManifestDataset, eval_transform, select_rows, species_and_taxonomy
+
+#: A fixed, mild L2 strength (on the mean cross-entropy of standardised features). With
+#: ~10 images per class and ~1000-dimensional features the data are separable, so some
+#: L2 is needed for a finite solution; 1e-3 keeps the probe close to max-margin without
+#: a per-dataset search (too few images per species for a trustworthy inner CV).
+DEFAULT_L2 = 1e-3
+
+
+# ---------------------------------------------------------------------- features
+
+
+def extract_features(arch: str, dataset_dir: str | Path, frame: pd.DataFrame, *, init: str = "imagenet",
+                     input_size: int | None = None, resize_size: int | None = None, batch_size: int = 32,
+                     device: str = "auto", species: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled pre-logit features (float32, ``(n, d)``) and class indices of ``frame``'s rows.
+
+    Eval transform only (centre crop, no flips), so the features are a deterministic
+    function of the image. Default sizes are the model's (resize 256 → crop 224);
+    ``input_size=resize_size=256`` uses the full 256 px sheet. ``species`` fixes the class
+    order (default: the sorted species of ``frame``).
+    """
+    model, _ = create_model(arch, num_classes=1, init=init)
+    target = resolve_device(device)
+    model.to(target).eval()
+    transform = eval_transform(model.preprocessing, input_size, resize_size)
+    classes = species if species is not None else species_and_taxonomy(frame)[0]
+    dataset = ManifestDataset(dataset_dir, frame, classes, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    chunks: list[np.ndarray] = []
+    with torch.inference_mode():
+        for images, _ in loader:
+            pooled = model.forward_head(model.forward_features(images.to(target)), pre_logits=True)
+            chunks.append(pooled.float().cpu().numpy())
+    features = np.concatenate(chunks) if chunks else np.zeros((0, model.num_features), np.float32)
+    return features.astype(np.float32), np.asarray(dataset.targets, dtype=np.int64)
+
+
+# ------------------------------------------------------------ logistic regression
+
+
+@dataclass
+class LinearProbe:
+    """A fitted multinomial logistic regression with its feature standardiser."""
+
+    weight: torch.Tensor  # (n_classes, d)
+    bias: torch.Tensor  # (n_classes,)
+    mean: torch.Tensor  # (d,)
+    std: torch.Tensor  # (d,)
+
+    def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        z = (torch.as_tensor(x, dtype=torch.float64) - self.mean) / self.std
+        return z @ self.weight.T + self.bias
+
+    def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        return torch.softmax(self.logits(x), dim=1).numpy()
+
+
+def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train mean and std; constant features get std 1 so they stay 0, not NaN."""
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, unbiased=False)
+    return mean, torch.where(std > 1e-12, std, torch.ones_like(std))
+
+
+def fit_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, *, l2: float = DEFAULT_L2,
+                            max_iter: int = 200) -> LinearProbe:
+    """Multinomial logistic regression, mean cross-entropy + ``l2/2·‖W‖²`` (bias unpenalised).
+
+    Full-batch LBFGS with a strong-Wolfe line search, in float64: the problem is convex
+    and small (a few hundred rows), so a second-order method converges in tens of
+    iterations without a learning rate to tune. Features are standardised with the
+    train mean/std so one ``l2`` suits any backbone's feature scale.
+    """
+    x = torch.as_tensor(train_x, dtype=torch.float64)
+    y = torch.as_tensor(train_y, dtype=torch.long)
+    mean, std = _standardiser(x)
+    z = (x - mean) / std
+    weight = torch.zeros(n_classes, z.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
+                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(z @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return LinearProbe(weight.detach(), bias.detach(), mean, std)
+
+
+# --------------------------------------------------------------------------- k-NN
+
+
+def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int, *,
+                 k: int = 5) -> np.ndarray:
+    """Class scores ``(n_test, n_classes)`` from the ``k`` most cosine-similar train rows.
+
+    Each neighbour votes for its class with its similarity (clamped at 0, plus a tiny
+    floor so that even orthogonal neighbours count); rows sum to 1. Classes without a
+    neighbour get a score proportional to a vanishing fraction of their best similarity,
+    so top-5 beyond the k votes is still ranked by closeness rather than by class index.
+    """
+    train = F.normalize(torch.as_tensor(train_x, dtype=torch.float64), dim=1)
+    test = F.normalize(torch.as_tensor(test_x, dtype=torch.float64), dim=1)
+    labels = torch.as_tensor(train_y, dtype=torch.long)
+    similarity = test @ train.T  # (n_test, n_train)
+    top = similarity.topk(min(k, train.shape[0]), dim=1)
+    votes = torch.zeros(test.shape[0], n_classes, dtype=torch.float64)
+    votes.scatter_add_(1, labels[top.indices], top.values.clamp(min=0) + 1e-6)
+    votes += 1e-9 * _best_similarity_per_class(similarity, labels, n_classes).clamp(min=0)
+    return (votes / votes.sum(dim=1, keepdim=True)).numpy()
+
+
+def _best_similarity_per_class(similarity: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    best = torch.full((similarity.shape[0], n_classes), -1.0, dtype=similarity.dtype)
+    index = labels.unsqueeze(0).expand_as(similarity)
+    return best.scatter_reduce(1, index, similarity, reduce="amax", include_self=True)
+
+
+# ------------------------------------------------------------------------ methods
+
+
+def _linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int,
+                  **kw: Any) -> np.ndarray:
+    return fit_logistic_regression(train_x, train_y, n_classes, **kw).predict_proba(test_x)
+
+
+#: Baseline name → ``(train_x, train_y, test_x, n_classes, **kw) -> test probabilities``.
+METHODS: dict[str, Callable[..., np.ndarray]] = {
+    "linear-probe": _linear_probe,
+    "knn": knn_classify,
+}
+
+
+@dataclass
+class FeatureSplit:
+    """Frozen features of one train/test split, extracted once and reusable by every method."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    species: list[str]
+    arch: str
+
+
+def split_features(dataset_dir: str | Path, *, arch: str = "efficientnet_lite0", train_split: str = "train",
+                   test_split: str = "test", fold: int | None = None, **feature_kw: Any) -> FeatureSplit:
+    """Features of the train and test rows (``fold=k``: every other fold vs fold k).
+
+    The class list is every species in the manifest, so a test species missing from
+    train is an honest miss rather than an error.
+    """
+    frame = load_manifest(dataset_dir)
+    species = species_and_taxonomy(frame)[0]
+    train_rows = select_rows(frame, split=train_split, fold=fold, train=True)
+    test_rows = select_rows(frame, split=test_split, fold=fold, train=False)
+    train_x, train_y = extract_features(arch, dataset_dir, train_rows, species=species, **feature_kw)
+    test_x, test_y = extract_features(arch, dataset_dir, test_rows, species=species, **feature_kw)
+    return FeatureSplit(train_x, train_y, test_x, test_y, species, arch)
+
+
+def score_method(method: str, features: FeatureSplit, **method_kw: Any) -> dict[str, Any]:
+    """``{"top1", "top5", "n", "method", "arch", "feature_dim"}`` of one method on ``features``."""
+    try:
+        classify = METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown baseline {method!r}; choose one of {sorted(METHODS)}") from None
+    n = len(features.test_y)
+    result: dict[str, Any] = {"method": method, "arch": features.arch, "n": n,
+                              "feature_dim": int(features.train_x.shape[1])}
+    if n == 0:
+        return {**result, "top1": math.nan, "top5": math.nan}
+    probs = classify(features.train_x, features.train_y, features.test_x, len(features.species), **method_kw)
+    counts = topk_correct(torch.as_tensor(probs), torch.as_tensor(features.test_y), (1, 5))
+    return {**result, "top1": counts[1] / n, "top5": counts[5] / n}
+
+
+FEATURE_KEYS = ("init", "input_size", "resize_size", "batch_size", "device")
+
+
+def run_baseline(method: str, dataset_dir: str | Path, *, arch: str = "efficientnet_lite0",
+                 train_split: str = "train", test_split: str = "test", fold: int | None = None,
+                 **kw: Any) -> dict[str, Any]:
+    """Extract frozen features and score one baseline method on the test rows.
+
+    ``kw`` may hold feature options (``init``, ``input_size``, ``resize_size``,
+    ``batch_size``, ``device``) and method options (``l2``, ``max_iter`` for the probe,
+    ``k`` for k-NN). To score several methods on the same features, use
+    :func:`split_features` once and :func:`score_method` per method.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline {method!r}; choose one of {sorted(METHODS)}")
+    feature_kw = {key: kw.pop(key) for key in FEATURE_KEYS if key in kw}
+    features = split_features(dataset_dir, arch=arch, train_split=train_split, test_split=test_split,
+                              fold=fold, **feature_kw)
+    return score_method(method, features, **kw)

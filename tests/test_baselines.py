@@ -1,0 +1,89 @@
+"""Frozen-feature baselines: logistic regression, k-NN, and ``run_baseline`` end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from herbid.data.build import BuildOptions, build_dataset
+from herbid.data.folder import load_manifest
+from herbid.data.splits import split_dataset
+from herbid.data.synthetic import make_synthetic_collection
+from herbid.evaluation.baselines import (METHODS, fit_logistic_regression, knn_classify, run_baseline,
+                                         score_method, split_features)
+from herbid.models.registry import WeightsUnavailable
+
+
+def _blobs(n_per_class: int, n_classes: int = 4, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated Gaussian blobs, with a large constant offset and one constant feature
+    (the scaler must cope with both)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(0, 5, size=(n_classes, dim))
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    x = centres[y] + rng.normal(0, 0.5, size=(len(y), dim)) + 100.0
+    x[:, 0] = 3.0
+    return x.astype(np.float32), y
+
+
+def test_logistic_regression_separates_blobs() -> None:
+    train_x, train_y = _blobs(20, seed=0)
+    test_x, test_y = _blobs(20, seed=1)
+    probe = fit_logistic_regression(train_x, train_y, 4)
+    probs = probe.predict_proba(test_x)
+    assert probs.shape == (80, 4) and np.allclose(probs.sum(axis=1), 1)
+    assert (probs.argmax(axis=1) == test_y).mean() == 1.0
+
+
+def test_knn_separates_blobs() -> None:
+    train_x, train_y = _blobs(20, seed=0)
+    test_x, test_y = _blobs(20, seed=1)
+    train_x, test_x = train_x - 100.0, test_x - 100.0  # cosine needs centred blobs
+    probs = knn_classify(train_x, train_y, test_x, 4, k=5)
+    assert probs.shape == (80, 4) and np.allclose(probs.sum(axis=1), 1)
+    assert (probs.argmax(axis=1) == test_y).mean() == 1.0
+
+
+def test_knn_ranks_every_class() -> None:
+    """Beyond the k neighbours' classes the ranking follows similarity, not class index."""
+    train_x = np.eye(4, dtype=np.float32)
+    probs = knn_classify(train_x, np.arange(4), np.array([[0.1, 0.2, 0.3, 1.0]], np.float32), 4, k=1)
+    assert list(np.argsort(-probs[0])) == [3, 2, 1, 0]
+
+
+def _dataset(root, *, seed: int, per_species: int, size: tuple[int, int]):
+    source = make_synthetic_collection(root / "src", n_species=4, per_species=per_species, seed=seed, size=size)
+    folder = build_dataset([source], root / "ds", BuildOptions(workers=1, progress=False)).out
+    split_dataset(folder, by="none", test_fraction=0.5, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """4 synthetic species × 8 sheets, half of each species held out."""
+    return _dataset(tmp_path_factory.mktemp("baselines"), seed=3, per_species=8, size=(160, 240))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_run_baseline_small_cnn(synthetic, method: str) -> None:
+    result = run_baseline(method, synthetic, arch="small_cnn", init="random", input_size=64, resize_size=72,
+                          device="cpu")
+    test_rows = int((load_manifest(synthetic)["split"] == "test").sum())
+    assert {"top1", "top5", "n", "method", "arch", "feature_dim"} <= set(result)
+    assert result["n"] == test_rows and result["method"] == method and result["arch"] == "small_cnn"
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0 and result["feature_dim"] > 0
+
+
+def test_unknown_method_is_a_clear_error(synthetic) -> None:
+    with pytest.raises(ValueError, match="linear-probe"):
+        run_baseline("svm", synthetic, arch="small_cnn", init="random")
+
+
+def test_linear_probe_on_imagenet_features_beats_chance(synthetic) -> None:
+    try:
+        features = split_features(synthetic, arch="efficientnet_lite0", init="imagenet", input_size=128,
+                                  resize_size=128, device="cpu")
+    except WeightsUnavailable as error:
+        pytest.skip(str(error))
+    result = score_method("linear-probe", features)
+    assert result["n"] == 16 and result["feature_dim"] == features.train_x.shape[1]
+    assert result["top1"] > 0.25 + 0.2  # chance is 1/4
