@@ -1,0 +1,144 @@
+"""Sheet cleaning and quality scoring, checked against synthetic ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+
+from herbid.data.synthetic import SheetLayout, SheetStyle, render_sheet
+from herbid.preprocessing import (
+    SEGMENTERS,
+    ClassicalSegmenter,
+    SheetSegmentation,
+    clean_sheet,
+    get_segmenter,
+    sheet_quality,
+)
+
+SEEDS = range(8)
+
+
+@pytest.fixture(scope="module")
+def sheets() -> list[tuple[Image.Image, SheetLayout, SheetSegmentation]]:
+    """Eight sheets of different species and styles, segmented once."""
+    segmenter = ClassicalSegmenter()
+    out = []
+    for seed in SEEDS:
+        image, layout = render_sheet(seed * 2 % 16, np.random.default_rng(seed))
+        out.append((image, layout, segmenter.segment(image)))
+    return out
+
+
+def _removed(seg: SheetSegmentation, box: tuple[int, int, int, int]) -> float:
+    """Share of ``box`` covered by the segmentation's clutter boxes."""
+    covered = np.zeros(seg.plant_mask.shape, dtype=bool)
+    for x0, y0, x1, y1 in seg.non_plant_boxes:
+        covered[y0:y1, x0:x1] = True
+    x0, y0, x1, y1 = box
+    return float(covered[y0:y1, x0:x1].mean())
+
+
+@pytest.mark.parametrize("kind", ["label_box", "barcode_box", "colour_bar_box"])
+def test_clutter_is_removed(sheets, kind: str) -> None:
+    shares = [_removed(seg, getattr(layout, kind)) for _, layout, seg in sheets if getattr(layout, kind)]
+    assert shares, f"no sheet has a {kind}"
+    assert min(shares) >= 0.9, shares
+
+
+def test_clutter_is_not_plant(sheets) -> None:
+    for _, layout, seg in sheets:
+        for kind in ("label", "barcode", "colour_bar"):
+            box = layout.element_boxes().get(kind)
+            if box:
+                x0, y0, x1, y1 = box
+                assert seg.plant_mask[y0:y1, x0:x1].mean() <= 0.02, kind
+
+
+def test_plant_is_kept(sheets) -> None:
+    recalls, ious = [], []
+    for _, layout, seg in sheets:
+        truth, pred = layout.plant_mask, seg.plant_mask
+        recalls.append((truth & pred).sum() / truth.sum())
+        ious.append((truth & pred).sum() / (truth | pred).sum())
+    assert np.mean(recalls) >= 0.85 and min(recalls) >= 0.7, recalls
+    assert np.mean(ious) >= 0.8 and min(ious) >= 0.6, ious
+
+
+def test_mask_mode_paints_paper(sheets) -> None:
+    image, layout, seg = sheets[0]
+    cleaned = np.asarray(clean_sheet(image, mode="mask", segmentation=seg), dtype=float)
+    assert cleaned.shape == np.asarray(image).shape
+    x0, y0, x1, y1 = layout.label_box
+    label = cleaned[y0:y1, x0:x1]
+    assert (np.abs(label - np.array(seg.paper_colour)).max(axis=2) <= 1).mean() >= 0.9
+    original = np.asarray(image, dtype=float)
+    truth = layout.plant_mask
+    assert (np.abs(cleaned[truth] - original[truth]).max(axis=1) == 0).mean() >= 0.95
+
+
+def test_mask_mode_end_to_end_with_fill() -> None:
+    image, layout = render_sheet(3, np.random.default_rng(42))
+    cleaned = np.asarray(clean_sheet(image, fill=(255, 0, 255)))
+    x0, y0, x1, y1 = layout.barcode_box or layout.label_box
+    assert (cleaned[y0:y1, x0:x1] == (255, 0, 255)).all(axis=2).mean() >= 0.9
+
+
+def test_crop_mode_contains_plant(sheets) -> None:
+    for image, layout, seg in sheets:
+        crop = clean_sheet(image, mode="crop", segmentation=seg)
+        assert crop.width <= image.width * 1.5 and crop.height <= image.height * 1.5
+        px0, py0, px1, py1 = seg.plant_box
+        tx0, ty0, tx1, ty1 = layout.plant_box
+        # the crop grows the predicted box by a margin, so check that grown box
+        mx, my = 0.05 * (px1 - px0), 0.05 * (py1 - py0)
+        gx0, gy0, gx1, gy1 = px0 - mx, py0 - my, px1 + mx, py1 + my
+        inter = max(0, min(gx1, tx1) - max(gx0, tx0)) * max(0, min(gy1, ty1) - max(gy0, ty0))
+        assert inter / ((tx1 - tx0) * (ty1 - ty0)) >= 0.9
+        assert max(crop.size) / min(crop.size) <= 2.0 + 1e-6
+
+
+def test_none_mode_and_unknown_names(sheets) -> None:
+    image = sheets[0][0]
+    assert clean_sheet(image, mode="none") is image
+    with pytest.raises(ValueError):
+        clean_sheet(image, mode="blur")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        get_segmenter("yolo")
+
+
+def test_registry_accepts_a_new_segmenter(sheets) -> None:
+    class Nothing:
+        def segment(self, image: Image.Image) -> SheetSegmentation:
+            return SheetSegmentation(np.zeros((image.height, image.width), bool), [(0, 0, 10, 10)], None, (1, 2, 3))
+
+    SEGMENTERS["nothing"] = Nothing
+    try:
+        out = np.asarray(clean_sheet(sheets[0][0], mode="crop", segmenter="nothing"))
+    finally:
+        del SEGMENTERS["nothing"]
+    assert out.shape == np.asarray(sheets[0][0]).shape  # no plant: crop falls back to mask
+    assert (out[:10, :10] == (1, 2, 3)).all()
+
+
+def test_blank_sheet_has_no_plant() -> None:
+    image, _ = render_sheet(0, np.random.default_rng(1), style=SheetStyle.plant_only())
+    blank = Image.new("RGB", image.size, (236, 231, 214))
+    noise = np.random.default_rng(0).normal(0, 2.5, (image.height, image.width, 1))
+    blank = Image.fromarray(np.clip(np.asarray(blank) + noise, 0, 255).astype(np.uint8))
+    scores = sheet_quality(blank)
+    assert scores["plant_fraction"] <= 0.001
+    assert scores["quality"] <= 0.1
+
+
+def test_quality_drops_with_blur_and_overexposure(sheets) -> None:
+    image, _, seg = sheets[1]
+    base = sheet_quality(image, seg)
+    blurred = sheet_quality(image.filter(ImageFilter.GaussianBlur(4)))
+    bright = sheet_quality(ImageEnhance.Brightness(image).enhance(1.8), seg)
+    for scores in (base, blurred, bright):
+        assert all(0.0 <= scores[k] <= 1.0 for k in ("blur", "exposure", "plant_fraction", "quality"))
+    assert blurred["blur"] < base["blur"] and blurred["quality"] < base["quality"]
+    assert bright["exposure"] < base["exposure"] and bright["quality"] < base["quality"]
+    assert bright["clipped_bright"] > base["clipped_bright"]
+    assert 0.005 < base["plant_fraction"] < 0.5
