@@ -20,7 +20,7 @@ from herbid.data.sources.portals import (
 
 pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.timeout(30)]
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA
 GBIF_CASSETTE = SHARED_DATA / "api-samples" / "gbif-test_search.yaml"
 SEARCH = "/v1/occurrence/search"
 MEDIA = "/v2/search/media"

@@ -20,7 +20,7 @@ from herbid.data.sources.tabular import DwcCsvSource, split_media, term_name
 DWC = "http://rs.tdwg.org/dwc/terms/"
 AC_MULTIMEDIA = "http://rs.tdwg.org/ac/terms/Multimedia"
 GBIF_MULTIMEDIA = "http://rs.gbif.org/terms/1.0/Multimedia"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA as SHARED, needs_shared_data
 
 CORE_TERMS = ("occurrenceID", "scientificName", "recordedBy", "country")
 CORE_HEADER = "id,occurrenceID,scientificName,recordedBy,country\n"
@@ -751,7 +751,7 @@ def test_helpers() -> None:
 
 # --------------------------------------------------------------------------- real data
 
-shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")
+shared = needs_shared_data
 
 
 @pytest.mark.shared_data

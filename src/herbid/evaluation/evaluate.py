@@ -29,15 +29,9 @@ from herbid.data.splits import text_column
 from herbid.evaluation.metrics import predict_logits
 from herbid.training.bundle import Bundle, load_bundle
 from herbid.training.data import ManifestDataset, eval_transform, select_rows
+from herbid.training.distributed import resolve_device  # noqa: F401 (re-exported for callers)
 
 RANKS = ("genus", "family")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, split: str = "test",
