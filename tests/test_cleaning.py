@@ -142,3 +142,39 @@ def test_quality_drops_with_blur_and_overexposure(sheets) -> None:
     assert bright["exposure"] < base["exposure"] and bright["quality"] < base["quality"]
     assert bright["clipped_bright"] > base["clipped_bright"]
     assert 0.005 < base["plant_fraction"] < 0.5
+
+
+# ------------------------------------------------------------------ whole datasets
+
+
+def test_clean_dataset_keeps_rows_and_adds_quality(tmp_path) -> None:
+    from herbid.data.build import BuildOptions, build_dataset
+    from herbid.data.folder import load_manifest
+    from herbid.data.splits import split_dataset
+    from herbid.data.synthetic import make_synthetic_collection
+    from herbid.preprocessing.dataset import QUALITY_COLUMNS, clean_dataset
+
+    source = make_synthetic_collection(tmp_path / "src", n_species=2, per_species=3, seed=4, size=(300, 420))
+    built = build_dataset([source], tmp_path / "ds", BuildOptions(workers=1, progress=False)).out
+    split_dataset(built, by="none", test_fraction=0.5, seed=0)
+    result = clean_dataset(built, tmp_path / "clean", mode="mask", progress=False)
+    original, cleaned = load_manifest(built), load_manifest(tmp_path / "clean")
+    assert result.images == len(original) == len(cleaned) == 6
+    # identity, labels and split are the original sheet's; only the pixels changed
+    for column in ("image_id", "sha256", "scientificName", "split"):
+        assert cleaned[column].tolist() == original[column].tolist()
+    assert result.boxes_removed >= 6  # every synthetic sheet has at least a label or barcode
+    for column in QUALITY_COLUMNS:
+        assert cleaned[column].between(0, 1).all() or column == "blur" and (cleaned[column] >= 0).all()
+    changed = 0
+    for before, after in zip(original["large_image_path"], cleaned["large_image_path"]):
+        a = np.asarray(Image.open(tmp_path / "ds" / before).convert("L"), dtype=np.float32)
+        b = np.asarray(Image.open(tmp_path / "clean" / after).convert("L"), dtype=np.float32)
+        assert a.shape == b.shape
+        changed += (np.abs(a - b) > 40).mean() > 0.002  # some clutter painted over
+    assert changed >= 5  # a sheet may come without label (SheetStyle.sample draws it)
+    # resumable: a second call finds every image written and changes nothing
+    again = clean_dataset(built, tmp_path / "clean", mode="mask", progress=False)
+    assert again.images == 6 and load_manifest(tmp_path / "clean").equals(cleaned)
+    with pytest.raises(ValueError, match="mask"):
+        clean_dataset(built, tmp_path / "x", mode="blur", progress=False)

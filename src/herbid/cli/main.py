@@ -113,6 +113,24 @@ def dataset_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("dataset clean")
+def dataset_clean(args: argparse.Namespace) -> int:
+    """A cleaned copy of a dataset (clutter masked or cropped away) with quality columns."""
+    from herbid.preprocessing.dataset import clean_dataset
+
+    result = clean_dataset(args.dataset, args.out, mode=args.mode, segmenter=args.segmenter, workers=args.workers,
+                           progress=not args.json)
+    summary = {"out": str(result.out), "images": result.images, "no_plant_found": result.no_plant,
+               "clutter_boxes_removed": result.boxes_removed, "mode": args.mode}
+    if args.json:
+        print_json(summary)
+    else:
+        from herbid.cli.display import show_mapping
+
+        show_mapping("cleaned dataset", summary)
+    return 0
+
+
 # --- models, training, evaluation, experiments -------------------------------------------
 
 #: CLI flags that map one-to-one onto TrainConfig fields (None = keep the recipe's value).
@@ -173,7 +191,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from herbid.evaluation.evaluate import evaluate_bundle
 
     result = evaluate_bundle(args.bundle, args.dataset, split=args.split, fold=args.fold,
-                             batch_size=args.batch_size, device=args.device)
+                             batch_size=args.batch_size, device=args.device, tta=args.tta)
     if args.json:
         print_json(result)
     else:
@@ -189,7 +207,7 @@ def experiment_command(args: argparse.Namespace) -> int:
     from herbid.experiments.runner import run_experiments
 
     results = run_experiments(args.specs, args.datasets, args.out, base_config=train_overrides(args),
-                              folds=args.folds, progress=not args.no_progress)
+                              folds=args.folds, progress=not args.no_progress, method=args.method)
     print((Path(args.out) / "results.md").read_text(encoding="utf-8"))
     return 0 if results is not None else 1
 
@@ -398,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--strict", action="store_true", help="exit 1 when any leak is found")
     audit.add_argument("--json", action="store_true")
 
+    clean = sub.add_parser("clean", help="a copy with labels/barcodes/colour charts masked (or cropped to the "
+                                         "plant) and per-sheet quality scores in the manifest")
+    clean.add_argument("dataset", type=Path)
+    clean.add_argument("--out", required=True, type=Path)
+    clean.add_argument("--mode", default="mask", choices=["mask", "crop"])
+    clean.add_argument("--segmenter", default="classical", help="registered sheet segmenter")
+    clean.add_argument("--workers", type=int, default=2)
+    clean.add_argument("--json", action="store_true")
+
     stats = sub.add_parser("stats", help="counts of images, species, collectors, institutions")
     stats.add_argument("dataset", type=Path)
     stats.add_argument("--json", action="store_true")
@@ -421,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fold", type=int, default=None, help="evaluate on this fold instead of a split")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--tta", default=None, help="test-time augmentation instead of the bundle's: none, flip, "
+                                                      "flip2 (all four flips)")
     evaluate.add_argument("--json", action="store_true")
 
     experiment = top.add_parser("experiment", help="run the paper's experiments by name, e.g. I.H255.H255")
@@ -429,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--datasets", required=True, type=Path, help="datasets.toml mapping aliases to data")
     experiment.add_argument("--out", required=True, type=Path)
     experiment.add_argument("--folds", type=int, default=None, help="group-aware K-fold cross-validation")
+    experiment.add_argument("--method", default="finetune",
+                            help="finetune (the training recipe, default), or a frozen-feature baseline on the "
+                                 "same folds: linear-probe (logistic regression) or knn")
     experiment.add_argument("--no-progress", action="store_true")
     add_train_flags(experiment, with_init=False)
 
@@ -528,7 +560,8 @@ def add_train_flags(parser: argparse.ArgumentParser, *, with_init: bool = True) 
     group.add_argument("--arch", help="model name (herbid models) or timm:NAME (default efficientnet_lite0)")
     if with_init:
         group.add_argument("--init", help="random, imagenet, or a weights file / bundle / run folder (transfer)")
-    group.add_argument("--recipe", help="named recipe (default: paper)")
+    group.add_argument("--recipe", help="named recipe: sheet (default, the best measured on real sheets), paper (Carranza-Rojas "
+                            "et al. 2017), smoke")
     group.add_argument("--epochs", type=int)
     group.add_argument("--batch-size", type=int)
     group.add_argument("--lr", type=float)

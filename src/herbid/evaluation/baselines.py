@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from herbid.data.folder import load_manifest
 from herbid.evaluation.evaluate import resolve_device
 from herbid.evaluation.metrics import topk_correct
+from herbid.models.base import HerbidModel
 from herbid.models.registry import create_model
 from herbid.training.data import ManifestDataset, eval_transform, select_rows, species_and_taxonomy
 
@@ -44,6 +45,18 @@ DEFAULT_L2 = 1e-3
 # ---------------------------------------------------------------------- features
 
 
+def frozen_backbone(arch: str, init: str = "imagenet") -> HerbidModel:
+    """``arch`` initialised from ``init`` (random, imagenet, or a weights file / bundle / run
+    folder, whose classifier is ignored: only the pooled features are used)."""
+    if init in ("random", "imagenet"):
+        return create_model(arch, num_classes=1, init=init)[0]
+    from herbid.models.weights import load_weights_file
+
+    model, _ = create_model(arch, num_classes=1, init="random")
+    load_weights_file(model, Path(init), skip_classifier=True)
+    return model
+
+
 def extract_features(arch: str, dataset_dir: str | Path, frame: pd.DataFrame, *, init: str = "imagenet",
                      input_size: int | None = None, resize_size: int | None = None, batch_size: int = 32,
                      device: str = "auto", species: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +67,7 @@ def extract_features(arch: str, dataset_dir: str | Path, frame: pd.DataFrame, *,
     ``input_size=resize_size=256`` uses the full 256 px sheet. ``species`` fixes the class
     order (default: the sorted species of ``frame``).
     """
-    model, _ = create_model(arch, num_classes=1, init=init)
+    model = frozen_backbone(arch, init)
     target = resolve_device(device)
     model.to(target).eval()
     transform = eval_transform(model.preprocessing, input_size, resize_size)
@@ -90,25 +103,32 @@ class LinearProbe:
         return torch.softmax(self.logits(x), dim=1).numpy()
 
 
-def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train mean and std; constant features get std 1 so they stay 0, not NaN."""
+def _standardiser(x: torch.Tensor, std_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train mean and std; constant features get std 1 so they stay 0, not NaN.
+
+    ``std_floor`` > 0 raises every std to at least that fraction of the median std, so a
+    feature that hardly varies on the training images cannot get a huge weight.
+    """
     mean = x.mean(dim=0)
     std = x.std(dim=0, unbiased=False)
+    if std_floor > 0:
+        std = std.clamp(min=std_floor * float(std.median()))
     return mean, torch.where(std > 1e-12, std, torch.ones_like(std))
 
 
 def fit_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, *, l2: float = DEFAULT_L2,
-                            max_iter: int = 200) -> LinearProbe:
+                            max_iter: int = 200, std_floor: float = 0.0) -> LinearProbe:
     """Multinomial logistic regression, mean cross-entropy + ``l2/2·‖W‖²`` (bias unpenalised).
 
     Full-batch LBFGS with a strong-Wolfe line search, in float64: the problem is convex
     and small (a few hundred rows), so a second-order method converges in tens of
     iterations without a learning rate to tune. Features are standardised with the
-    train mean/std so one ``l2`` suits any backbone's feature scale.
+    train mean/std so one ``l2`` suits any backbone's feature scale (``std_floor``: see
+    :func:`_standardiser`).
     """
     x = torch.as_tensor(train_x, dtype=torch.float64)
     y = torch.as_tensor(train_y, dtype=torch.long)
-    mean, std = _standardiser(x)
+    mean, std = _standardiser(x, std_floor)
     z = (x - mean) / std
     weight = torch.zeros(n_classes, z.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
@@ -211,6 +231,25 @@ def score_method(method: str, features: FeatureSplit, **method_kw: Any) -> dict[
     probs = classify(features.train_x, features.train_y, features.test_x, len(features.species), **method_kw)
     counts = topk_correct(torch.as_tensor(probs), torch.as_tensor(features.test_y), (1, 5))
     return {**result, "top1": counts[1] / n, "top5": counts[5] / n}
+
+
+def baseline_on_datasets(method: str, train_dir: str | Path, test_dir: str | Path, *,
+                         arch: str = "efficientnet_lite0", fold: int | None = None, **kw: Any) -> dict[str, Any]:
+    """Like :func:`run_baseline`, with the training rows from ``train_dir`` and the test rows
+    from ``test_dir`` (the same folder for the usual ``X.Y.Y`` experiment). The class list
+    is the union of both datasets' species."""
+    if Path(train_dir).resolve() == Path(test_dir).resolve():
+        return run_baseline(method, train_dir, arch=arch, fold=fold, **kw)
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline {method!r}; choose one of {sorted(METHODS)}")
+    feature_kw = {key: kw.pop(key) for key in FEATURE_KEYS if key in kw}
+    train_frame, test_frame = load_manifest(train_dir), load_manifest(test_dir)
+    species = sorted(set(species_and_taxonomy(train_frame)[0]) | set(species_and_taxonomy(test_frame)[0]))
+    train_x, train_y = extract_features(arch, train_dir, select_rows(train_frame, split="train", train=True),
+                                        species=species, **feature_kw)
+    test_x, test_y = extract_features(arch, test_dir, select_rows(test_frame, split="test", fold=fold, train=False),
+                                      species=species, **feature_kw)
+    return score_method(method, FeatureSplit(train_x, train_y, test_x, test_y, species, arch), **kw)
 
 
 FEATURE_KEYS = ("init", "input_size", "resize_size", "batch_size", "device")

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from herbid.data.folder import load_manifest
 from herbid.data.splits import text_column
 from herbid.evaluation.metrics import predict_logits
+from herbid.models.tta import with_tta
 from herbid.training.bundle import Bundle, load_bundle
 from herbid.training.data import ManifestDataset, eval_transform, select_rows
 from herbid.training.distributed import resolve_device  # noqa: F401 (re-exported for callers)
@@ -36,13 +37,14 @@ RANKS = ("genus", "family")
 
 def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, split: str = "test",
                     fold: int | None = None, batch_size: int = 64, device: str = "auto",
-                    workers: int = 0, amp: str = "none") -> dict[str, Any]:
+                    workers: int = 0, amp: str = "none", tta: str | None = None) -> dict[str, Any]:
     """Top-1/top-5 (species), genus/family top-1 and per-species accuracy on one split.
 
     ``fold=k`` evaluates on the rows of fold ``k`` instead of a split. The bundle's own
     preprocessing is used (centre crop, as at test time during training). Top-k with
     fewer than k species is top-(number of species). ``genus_top1``/``family_top1`` are
     ``None`` unless every species of the bundle and every test row has that rank.
+    ``tta`` overrides the bundle's test-time augmentation (to measure what it adds).
     """
     torch_device = resolve_device(device)
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=torch_device)
@@ -58,12 +60,14 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     classes = list(bundle.species) + unknown
     dataset = ManifestDataset(dataset_dir, frame, classes, eval_transform(bundle.preprocessing))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    logits, targets = predict_logits(bundle.model, loader, torch_device, amp)
+    tta = bundle.preprocessing.tta if tta is None else tta
+    logits, targets = predict_logits(with_tta(bundle.model, tta), loader, torch_device, amp)
     return {
         "bundle": str(bundle.path) if bundle.path else None,
         "dataset": str(dataset_dir),
         "split": None if fold is not None else split,
         "fold": fold,
+        "tta": tta,
         **species_metrics(logits, targets),
         **{f"{rank}_top1": rank_top1(logits / bundle.temperature, frame, bundle, rank) for rank in RANKS},
         "unknown_species": int(sum(n not in known for n in names)),

@@ -27,11 +27,12 @@ LOSS_CURVES = "loss_curves.png"
 #: The paper's columns, then ours.
 RESULT_COLUMNS: tuple[str, ...] = (
     "Experiment", "Initialization", "Training", "Testing", "Top-1 accuracy", "Top-5 accuracy",
-    "Top-1 std", "Top-5 std", "n", "Folds",
+    "Top-1 std", "Top-5 std", "n", "Folds", "Method",
 )
 #: results.md folds the std columns into "mean ± std".
 MARKDOWN_COLUMNS: tuple[str, ...] = (
-    "Experiment", "Initialization", "Training", "Testing", "Top-1 accuracy", "Top-5 accuracy", "n", "Folds",
+    "Experiment", "Method", "Initialization", "Training", "Testing", "Top-1 accuracy", "Top-5 accuracy", "n",
+    "Folds",
 )
 
 
@@ -65,6 +66,8 @@ class ExperimentResult:
     init_chain: list[str]
     folds: list[FoldResult]
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: "finetune" (the training recipe) or a frozen-feature baseline ("linear-probe", "knn").
+    method: str = "finetune"
 
     @property
     def n(self) -> int:
@@ -105,6 +108,7 @@ class ExperimentResult:
             "Top-5 std": _blank(self.top5_std),
             "n": self.n,
             "Folds": self.n_folds,
+            "Method": self.method,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,7 +160,7 @@ def _accuracy(mean: float, std: float | None) -> str:
 def markdown_table(results: list[ExperimentResult]) -> str:
     lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "|".join("---" for _ in MARKDOWN_COLUMNS) + "|"]
     for r in results:
-        cells = [r.name, r.initialization, r.training, r.testing, _accuracy(r.top1, r.top1_std),
+        cells = [r.name, r.method, r.initialization, r.training, r.testing, _accuracy(r.top1, r.top1_std),
                  _accuracy(r.top5, r.top5_std), str(r.n), str(r.n_folds)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -169,6 +173,8 @@ def write_results_md(path: Path, results: list[ExperimentResult], environment: d
         "X_I is the paper's subscript I (ImageNet, then X).",
         "With several folds, accuracies are the mean ± sample standard deviation over group-aware folds "
         "and n counts every fold's test images.",
+        "Method: finetune = the training recipe; linear-probe / knn = the initialization's frozen features "
+        "with logistic regression / k-NN (no fine-tuning), the yardsticks a recipe must beat.",
         f"herbid {environment.get('herbid_version')} ({commit}), {environment.get('created')}; "
         f"seeds, data hashes and run folders in {PROVENANCE_JSON}, loss curves in {LOSS_CURVES}.",
     ]

@@ -48,6 +48,9 @@ from herbid.experiments.spec import BASE_INIT, IMAGENET, RANDOM, ExperimentSpec,
 from herbid.training.config import TrainConfig, load_config
 
 STAGE_JSON = "stage.json"
+#: ``--method`` values: fine-tuning with the training recipe, or a frozen-feature baseline
+#: (see herbid.evaluation.baselines.METHODS).
+FINETUNE = "finetune"
 #: TrainConfig fields the runner sets for each stage; a user value would be overwritten.
 RUNNER_FIELDS = ("dataset", "out", "init", "init_chain", "fold", "resume", "train_split", "test_split", "val_split")
 #: Fields left out of the stage key: set per stage (and keyed structurally instead), or
@@ -153,6 +156,7 @@ class _Context:
     config: TrainConfig
     config_key: dict[str, Any]
     progress: bool
+    method: str = FINETUNE
     prepared: dict[tuple[str, int | None], PreparedDataset] = field(default_factory=dict)
     outcomes: dict[str, StageOutcome] = field(default_factory=dict)
 
@@ -181,10 +185,21 @@ def say(progress: bool, message: str) -> None:
 # ------------------------------------------------------------------------------ API
 
 
+def methods() -> list[str]:
+    """Every ``--method``: fine-tuning first, then the frozen-feature baselines."""
+    from herbid.evaluation.baselines import METHODS
+
+    return [FINETUNE, *METHODS]
+
+
 def run_experiments(specs: list[str], datasets_toml: str | Path, out: str | Path, *,
                     base_config: TrainConfig | dict[str, Any] | None = None, folds: int | None = None,
-                    progress: bool = True) -> ExperimentResults:
+                    progress: bool = True, method: str = FINETUNE) -> ExperimentResults:
     """Train (or reuse) and evaluate every experiment; write the results tables.
+
+    ``method="linear-probe"`` or ``"knn"`` scores the frozen features of each experiment's
+    initialization (ImageNet, random, or the pre-trained stages of a chain) on the same
+    folds instead of fine-tuning the last stage: the baseline a recipe has to beat.
 
     ``base_config`` is the training config of every stage (a :class:`TrainConfig` or
     overrides for :func:`load_config`); the runner sets its dataset, out, init, fold and
@@ -193,9 +208,11 @@ def run_experiments(specs: list[str], datasets_toml: str | Path, out: str | Path
     Everything is validated and planned before the first stage trains.
     """
     out = Path(out).resolve()
+    if method not in methods():
+        raise ExperimentError(f"unknown method {method!r}; choose one of {', '.join(methods())}")
     config = _base_config(base_config)
     context = _Context(entries=load_datasets_toml(datasets_toml), out=out, config=config,
-                       config_key=config_key(config), progress=progress)
+                       config_key=config_key(config), progress=progress, method=method)
     parsed = parse_specs(list(specs))
     _check_imagenet(parsed, config)
     plans = [plan_experiment(spec, context, folds) for spec in parsed]
@@ -302,9 +319,13 @@ def run_experiment(plan: ExperimentPlan, context: _Context) -> ExperimentResult:
     say(context.progress, f"experiment {spec.name}")
     folds = []
     for fold_plan in plan.folds:
-        final = run_stage(fold_plan.final, context)
-        metrics = evaluate_stage(final, fold_plan.test, fold_plan.fold, context)
-        lineage = fold_plan.final.lineage()
+        if context.method == FINETUNE:
+            final = run_stage(fold_plan.final, context)
+            metrics = evaluate_stage(final, fold_plan.test, fold_plan.fold, context)
+            lineage = fold_plan.final.lineage()
+        else:
+            metrics = run_baseline_fold(fold_plan, context)
+            lineage = fold_plan.final.lineage()[:-1]  # the frozen backbone's stages; the last is not trained
         folds.append(FoldResult(fold=fold_plan.fold, metrics=metrics, run_dirs=[str(s.run_dir) for s in lineage],
                                 stage_keys=[s.key for s in lineage]))
     names = context.names
@@ -316,6 +337,7 @@ def run_experiment(plan: ExperimentPlan, context: _Context) -> ExperimentResult:
         init_chain=list(spec.init_chain),
         folds=folds,
         provenance=_experiment_provenance(plan, context),
+        method=context.method,
     )
 
 
@@ -403,6 +425,36 @@ def evaluate_stage(outcome: StageOutcome, test: PreparedDataset, fold: int | Non
         return read_json(path)
     metrics = evaluate_bundle(outcome.plan.run_dir, test.path, split="test", fold=fold,
                               batch_size=max(64, context.config.batch_size), device=context.config.device)
+    write_json(path, metrics)
+    return metrics
+
+
+def run_baseline_fold(fold_plan: FoldPlan, context: _Context) -> dict[str, Any]:
+    """A frozen-feature baseline on one fold: the initialization's features (after any
+    pre-training stages, trained or reused first) + ``context.method`` on the training rows.
+
+    Features are of the whole sheet at the run's resize size (default 256, uncropped).
+    Cached under ``OUT/cache/baselines/`` by everything that decides the number.
+    """
+    from herbid.evaluation.baselines import baseline_on_datasets
+
+    final = fold_plan.final
+    if final.parent is not None:
+        run_stage(final.parent, context)
+    init = final.init
+    size = context.config.resize_size or context.config.input_size or 256
+    key = _digest({"method": context.method, "init": final.parent.key if final.parent else init,
+                   "train": final.dataset.data_key(), "test": fold_plan.test.data_key(), "fold": fold_plan.fold,
+                   "folds": fold_plan.test.folds, "arch": context.config.arch, "size": size})
+    path = context.cache / "baselines" / f"{context.method}-{key[:20]}.json"
+    if path.is_file():
+        say(context.progress, f"{context.method} {final.label(context.names)}: reusing {path}")
+        return read_json(path)
+    say(context.progress, f"{context.method} {final.label(context.names)}: frozen {context.config.arch} features "
+                          f"at {size} px")
+    metrics = baseline_on_datasets(context.method, final.dataset.path, fold_plan.test.path, arch=context.config.arch,
+                                   init=init, fold=fold_plan.fold, input_size=size, resize_size=size,
+                                   device=context.config.device)
     write_json(path, metrics)
     return metrics
 

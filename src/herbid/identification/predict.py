@@ -46,6 +46,7 @@ from herbid.data.folder import TRAIN_SIZE
 from herbid.data.imaging import DEFAULT_MAX_PIXELS, decode_rgb, encode_jpeg, resize_copies
 from herbid.evaluation.evaluate import resolve_device
 from herbid.training.bundle import Bundle, load_bundle
+from herbid.models.tta import with_tta
 from herbid.training.data import eval_transform
 
 RANKS = ("genus", "family")
@@ -222,6 +223,7 @@ class Identifier:
         self.thresholds = Thresholds(uncertain_below, genus_above, family_above)
         self.max_pixels = max_pixels
         self.transform = eval_transform(self.bundle.preprocessing)
+        self._classifier = with_tta(self.bundle.model, self.bundle.preprocessing.tta)
         self.resize_size = self.transform.resize_size
         self.ranks = {rank: RankIndex.build(self.bundle.species, self.bundle.taxonomy, rank) for rank in RANKS}
 
@@ -278,7 +280,7 @@ class Identifier:
         outputs = []
         with torch.inference_mode():
             for chunk in batch.split(self.batch_size):
-                outputs.append(self.bundle.model(chunk.to(self.device, non_blocking=True)).float().cpu())
+                outputs.append(self._classifier(chunk.to(self.device, non_blocking=True)).float().cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, len(self.species))
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,9 @@ class Preprocessing:
     resize_size: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    #: Test-time augmentation every user of the bundle applies (see herbid.models.tta):
+    #: "none", or "flip" (mean logits of the image and its mirror).
+    tta: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,7 +41,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
         return cls(input_size=int(data["input_size"]), resize_size=int(data["resize_size"]),
-                   mean=tuple(data["mean"]), std=tuple(data["std"]))
+                   mean=tuple(data["mean"]), std=tuple(data["std"]), tta=str(data.get("tta", "none")))
 
 
 @dataclass

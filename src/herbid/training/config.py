@@ -20,6 +20,7 @@ import yaml
 from herbid.data.folder import atomic_path
 
 CONFIG_YAML = "config.yaml"
+HEAD_INITS = ("random", "linear-probe")
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,14 @@ class TrainConfig:
     input_size: int | None = None
     resize_size: int | None = None
     hflip: bool = True
+    #: Also mirror top/bottom (with hflip: the four flips of the sheet, incl. 180° turns).
+    vflip: bool = False
+    #: Test-time augmentation, stored in the bundle (see herbid.models.tta.TTA_VIEWS).
+    tta: str = "none"
+    #: "random": a new classifier as in the paper. "linear-probe": first fit logistic
+    #: regression on the frozen features of the training images and start from it
+    #: (LP-FT, Kumar et al. 2022), so fine-tuning does not wreck the features early on.
+    head_init: str = "random"
     #: > 0: a group-aware validation split carved from train; it (never test) picks the
     #: bundled epoch and fits the temperature. 0: the manifest's own "val" rows, if any.
     val_fraction: float = 0.0
@@ -92,9 +101,20 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Carranza-Rojas et al. 2017: Caffe GoogLeNet solver, SGD, batch 16, lr 0.0075, poly
     # decay, 224×224 random crops of the 256×256 sheets with mirroring. The defaults.
     "paper": {},
+    # herbid's default, the best measured on real sheets (docs/RESULTS.md): ImageNet init,
+    # 384 px sheets (from the 1024 px copy) with 352 px crops, all four flips, label
+    # smoothing, a linear-probe head to start from, SGD cosine with warm-up, flip TTA.
+    "sheet": {"arch": "efficientnet_lite0", "init": "imagenet", "epochs": 15, "lr": 0.003,
+              "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1,
+              "input_size": 352, "resize_size": 384, "vflip": True, "tta": "flip", "head_init": "linear-probe"},
     # A quick CPU smoke recipe for the small test CNN.
     "smoke": {"arch": "small_cnn", "epochs": 3, "lr": 0.05, "schedule": "cosine", "workers": 0},
 }
+
+
+#: The recipe ``load_config`` (so ``herbid train`` and ``herbid experiment``) uses when none is
+#: named. A bare ``TrainConfig()`` keeps the paper's values.
+DEFAULT_RECIPE = "sheet"
 
 
 def recipe_overrides(name: str) -> dict[str, Any]:
@@ -168,6 +188,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     """Reject values that would only fail later, deep inside a run."""
     from herbid.training.schedules import SCHEDULES
     from herbid.training.precision import AMP_MODES
+    from herbid.models.tta import TTA_VIEWS
 
     checks = [
         (config.epochs >= 0, "epochs must be >= 0"),
@@ -180,6 +201,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.schedule in SCHEDULES, f"schedule must be one of {sorted(SCHEDULES)}"),
         (config.amp in AMP_MODES, f"amp must be one of {sorted(AMP_MODES)}"),
         (config.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}"),
+        (config.tta in TTA_VIEWS, f"tta must be one of {sorted(TTA_VIEWS)}"),
+        (config.head_init in HEAD_INITS, f"head_init must be one of {sorted(HEAD_INITS)}"),
         (config.max_steps_per_epoch is None or config.max_steps_per_epoch >= 0, "max_steps_per_epoch must be >= 0"),
     ]
     problems = [message for ok, message in checks if not ok]
@@ -198,12 +221,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults ← recipe ← YAML file ← ``overrides`` (e.g. parsed ``--set key=value``).
 
+    Without a recipe in the file or the overrides, :data:`DEFAULT_RECIPE` applies.
+
     The recipe named in the overrides wins over the one named in the file. Unknown keys
     are an error naming the valid ones, so a typo never silently trains something else.
     """
     from_file = read_yaml(path) if path is not None else {}
     overrides = dict(overrides or {})
-    recipe = overrides.get("recipe", from_file.get("recipe", TrainConfig.recipe))
+    recipe = overrides.get("recipe", from_file.get("recipe", DEFAULT_RECIPE))
     merged = {**recipe_overrides(str(recipe)), **from_file, **overrides, "recipe": recipe}
     return apply_overrides(TrainConfig(), merged)
 

@@ -88,10 +88,10 @@ class TrainTransform:
     uses_rng = True
 
     def __init__(self, input_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float],
-                 hflip: bool = True) -> None:
+                 hflip: bool = True, vflip: bool = False) -> None:
         if input_size > resize_size:
             raise ValueError(f"input_size {input_size} is larger than resize_size {resize_size}")
-        self.input_size, self.resize_size, self.hflip = input_size, resize_size, hflip
+        self.input_size, self.resize_size, self.hflip, self.vflip = input_size, resize_size, hflip, vflip
         self.mean, self.std = _Normalize(tuple(mean), tuple(std)).arrays()
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
@@ -103,10 +103,13 @@ class TrainTransform:
         pixels = pixels[top:top + self.input_size, left:left + self.input_size]
         if self.hflip and rng.random() < 0.5:
             pixels = pixels[:, ::-1]
+        # drawn only when enabled, so configs without vflip replay the same augmentations
+        if self.vflip and rng.random() < 0.5:
+            pixels = pixels[::-1]
         return _to_normalized_tensor(pixels, self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"TrainTransform(crop {self.input_size} of {self.resize_size}, hflip={self.hflip})"
+        return f"TrainTransform(crop {self.input_size} of {self.resize_size}, hflip={self.hflip}, vflip={self.vflip})"
 
 
 class EvalTransform:
@@ -147,9 +150,9 @@ def resolved_sizes(preprocessing: Preprocessing, input_size: int | None, resize_
 
 
 def train_transform(preprocessing: Preprocessing, input_size: int | None = None, resize_size: int | None = None,
-                    hflip: bool = True) -> TrainTransform:
+                    hflip: bool = True, vflip: bool = False) -> TrainTransform:
     size, resize = resolved_sizes(preprocessing, input_size, resize_size)
-    return TrainTransform(size, resize, preprocessing.mean, preprocessing.std, hflip)
+    return TrainTransform(size, resize, preprocessing.mean, preprocessing.std, hflip, vflip)
 
 
 def eval_transform(preprocessing: Preprocessing, input_size: int | None = None,

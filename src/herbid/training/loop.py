@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from herbid.data.folder import manifest_hash, write_json
 from herbid.evaluation.metrics import evaluate_model, predict_logits
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
+from herbid.models.tta import with_tta
 from herbid.provenance import provenance
 from herbid.training.bundle import BundleError, RUN_BUNDLE_DIR, read_bundle_meta, save_bundle
 from herbid.training.calibration import fit_temperature
@@ -41,7 +42,7 @@ from herbid.training.curves import LOSS_CURVE, plot_curves, write_metrics
 from herbid.training.distributed import DistContext, all_reduce_sum, setup
 from herbid.training.precision import autocast, grad_scaler
 from herbid.training.prepare import (Loaders, Splits, build_model, effective_preprocessing, eval_loader,
-                                     make_loaders, make_optimizer, prepare_splits)
+                                     init_head_from_probe, make_loaders, make_optimizer, prepare_splits)
 from herbid.training.progress import TrainProgress
 from herbid.training.schedules import LrLambda, make_scheduler
 
@@ -133,6 +134,10 @@ def _assemble(config: TrainConfig, context: DistContext, device: torch.device) -
     preprocessing = effective_preprocessing(model, config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    if config.head_init == "linear-probe" and not (config.resume and (Path(config.out) / CHECKPOINT).exists()):
+        probe = init_head_from_probe(model, config, splits, preprocessing, device)
+        init.note = "; ".join(filter(None, [init.note, f"classifier from a linear probe on {probe['images']} "
+                                                       "training images (LP-FT)"]))
     net: nn.Module = model
     if context.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -230,7 +235,8 @@ def _train_epoch(run: _Run, epoch: int, progress: TrainProgress, hooks: TrainHoo
 
 
 def _evaluate(run: _Run, loader: Any) -> dict[str, Any]:
-    return evaluate_model(run.net, loader, run.device, distributed=run.context.enabled, amp=run.config.amp)
+    return evaluate_model(with_tta(run.net, run.config.tta), loader, run.device, distributed=run.context.enabled,
+                          amp=run.config.amp)
 
 
 def _history_row(epoch: int, trained: dict[str, float], val: dict[str, Any] | None, test: dict[str, Any]) -> dict[str, Any]:
@@ -303,7 +309,7 @@ def _temperature(run: _Run) -> float:
     if run.loaders.val is None or not run.context.is_main:
         return 1.0
     loader = eval_loader(run.loaders.val.dataset, run.loaders.val.batch_size, DistContext())
-    logits, targets = predict_logits(run.model, loader, run.device, amp=run.config.amp)
+    logits, targets = predict_logits(with_tta(run.model, run.config.tta), loader, run.device, amp=run.config.amp)
     return fit_temperature(logits, targets)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -84,11 +85,53 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[HerbidModel, Ini
     return model, load_weights_file(model, path, skip_classifier=True)
 
 
+#: Floor on the probe's feature std (fraction of the median): folded into the layer,
+#: a near-constant feature would otherwise get a weight in the hundreds, harmless on the
+#: eval-mode features the probe saw but explosive under train-mode BatchNorm statistics.
+HEAD_INIT_STD_FLOOR = 0.5
+
+
+def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits, preprocessing: Preprocessing,
+                         device: torch.device) -> dict[str, Any]:
+    """Set the classifier to a logistic regression fitted on the frozen features of the
+    training images (eval transform, no augmentation): LP-FT's first step.
+
+    The probe standardises features; the standardisation is folded into the linear layer,
+    so the model is unchanged in form. Returns a small record for the run's provenance.
+    """
+    from herbid.evaluation.baselines import DEFAULT_L2, fit_logistic_regression
+
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"head_init=linear-probe needs a linear classifier; {config.arch} has "
+                         f"{type(head).__name__}")
+    dataset = ManifestDataset(config.dataset, splits.train, splits.species, eval_transform(preprocessing))
+    loader = DataLoader(dataset, batch_size=config.batch_size * 2, shuffle=False, num_workers=0)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    was_training = model.training
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for images, _ in loader:
+            features = model.forward_features(images.to(device, memory_format=memory_format))
+            chunks.append(model.forward_head(features, pre_logits=True).float().cpu())
+    model.train(was_training)
+    probe = fit_logistic_regression(torch.cat(chunks).numpy(), np.asarray(dataset.targets), len(splits.species),
+                                    l2=DEFAULT_L2, std_floor=HEAD_INIT_STD_FLOOR)
+    weight = probe.weight / probe.std
+    bias = probe.bias - weight @ probe.mean
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight))
+        head.bias.copy_(bias.to(head.bias))
+    return {"head_init": "linear-probe", "images": len(dataset), "l2": DEFAULT_L2}
+
+
 def effective_preprocessing(model: HerbidModel, config: TrainConfig) -> Preprocessing:
     """The model's preprocessing with the sizes this run actually trains at."""
     base = model.preprocessing
     size, resize = resolved_sizes(base, config.input_size, config.resize_size)
-    return Preprocessing(input_size=size, resize_size=resize, mean=tuple(base.mean), std=tuple(base.std))
+    return Preprocessing(input_size=size, resize_size=resize, mean=tuple(base.mean), std=tuple(base.std),
+                         tta=config.tta)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -157,7 +200,7 @@ def make_loaders(config: TrainConfig, splits: Splits, preprocessing: Preprocessi
     and the evaluation loaders (sharded without padding)."""
     size, resize = preprocessing.input_size, preprocessing.resize_size
     train_set = ManifestDataset(config.dataset, splits.train, splits.species,
-                                train_transform(preprocessing, size, resize, config.hflip))
+                                train_transform(preprocessing, size, resize, config.hflip, config.vflip))
     order = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank,
                                shuffle=True, seed=config.seed, drop_last=False)
     batches = SeededBatchSampler(order, config.batch_size, config.seed, config.max_steps_per_epoch)

@@ -1,0 +1,108 @@
+"""Preprocess a whole dataset folder: a cleaned copy, and quality scores in the manifest.
+
+``clean_dataset`` writes a new dataset folder whose images are the cleaned sheets
+(labels, barcodes and colour charts painted over, or the sheet cropped to the plant),
+stored exactly as a build stores images (≤1024 px copy + 256×256 copy, same JPEG
+settings). Every other manifest column is kept, including ``sha256``/``phash`` of the
+*original* sheet and the split/fold columns, so splits and leak audits still speak about
+the original specimens and a model trained on the cleaned copy is comparable row by row.
+
+The same pass adds the quality columns of :func:`sheet_quality` (``quality``, ``blur``,
+``exposure``, ``plant_fraction``); ``score_quality`` adds them in place without cleaning.
+Both are resumable: an image already written is not cleaned again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from herbid.data.folder import DatasetError, load_manifest, save_manifest, write_json
+from herbid.data.imaging import encode_jpeg, resize_copies
+from herbid.preprocessing.cleaning import CleanMode, clean_sheet, get_segmenter
+from herbid.preprocessing.quality import sheet_quality
+from herbid.progress import progress_bar
+
+#: Manifest columns written by the quality pass.
+QUALITY_COLUMNS = ("quality", "blur", "exposure", "plant_fraction")
+CLEAN_REPORT = "clean.json"
+
+
+@dataclass
+class CleanResult:
+    out: Path
+    images: int
+    #: Sheets where no plant was found (cleaning fell back to masking only).
+    no_plant: int
+    boxes_removed: int
+
+
+def _source_image(dataset_dir: Path, row: pd.Series) -> Path:
+    large = row.get("large_image_path")
+    return dataset_dir / (large if isinstance(large, str) and large else row["image_path"])
+
+
+def _clean_one(task: tuple[str, str, str, str, str]) -> dict[str, Any]:
+    """Clean one sheet (a worker process): segment once, clean, score, store both copies."""
+    source, out_dir, image_id, mode, segmenter = task
+    out = Path(out_dir)
+    large_rel = f"images/1024/{image_id[:2]}/{image_id}.jpg"
+    small_rel = f"images/256/{image_id[:2]}/{image_id}.jpg"
+    with Image.open(source) as opened:
+        rgb = opened.convert("RGB")
+    segmentation = get_segmenter(segmenter).segment(rgb)
+    quality = sheet_quality(rgb, segmentation)
+    record = {"image_path": small_rel, "large_image_path": large_rel,
+              "no_plant": segmentation.plant_box is None, "boxes": len(segmentation.non_plant_boxes),
+              **{k: quality[k] for k in QUALITY_COLUMNS}}
+    if (out / large_rel).is_file() and (out / small_rel).is_file():
+        return record
+    cleaned = clean_sheet(rgb, mode, segmentation=segmentation)
+    for rel, copy in zip((large_rel, small_rel), resize_copies(cleaned)):
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(encode_jpeg(copy))
+        tmp.replace(path)  # the final name appears only once the file is whole
+    return record
+
+
+def clean_dataset(dataset_dir: str | Path, out: str | Path, *, mode: CleanMode = "mask",
+                  segmenter: str = "classical", workers: int = 1, progress: bool = True) -> CleanResult:
+    """Write the cleaned copy of ``dataset_dir`` to ``out`` (see the module docstring)."""
+    if mode not in ("mask", "crop"):
+        raise ValueError(f"clean mode {mode!r}: expected 'mask' or 'crop'")
+    dataset_dir, out = Path(dataset_dir), Path(out)
+    if out.resolve() == dataset_dir.resolve():
+        raise DatasetError("the cleaned copy needs its own folder (--out), the original is kept")
+    frame = load_manifest(dataset_dir)
+    get_segmenter(segmenter)  # an unknown name fails before any work
+    tasks = [(str(_source_image(dataset_dir, row)), str(out), str(row["image_id"]), mode, segmenter)
+             for _, row in frame.iterrows()]
+    records: list[dict[str, Any]] = []
+    with progress_bar(f"cleaning ({mode})", len(tasks), enabled=progress) as advance:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for record in pool.map(_clean_one, tasks, chunksize=4):
+                    records.append(record)
+                    advance()
+        else:
+            for task in tasks:
+                records.append(_clean_one(task))
+                advance()
+    cleaned = frame.copy()
+    for column in ("image_path", "large_image_path", *QUALITY_COLUMNS):
+        cleaned[column] = [r[column] for r in records]
+    save_manifest(out, cleaned)
+    counts = Counter(r["no_plant"] for r in records)
+    result = CleanResult(out, len(records), counts[True], sum(r["boxes"] for r in records))
+    write_json(out / CLEAN_REPORT, {"source": str(dataset_dir.resolve()), "mode": mode, "segmenter": segmenter,
+                                    "images": result.images, "no_plant": result.no_plant,
+                                    "boxes_removed": result.boxes_removed})
+    return result

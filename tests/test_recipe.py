@@ -1,0 +1,154 @@
+"""The pieces of herbid's default ``sheet`` recipe and the experiment baselines.
+
+Test-time flips, vertical flips, the linear-probe head (LP-FT), and ``herbid experiment --method linear-probe|knn``; small_cnn on synthetic
+sheets, on the CPU.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from herbid.data.build import BuildOptions, build_dataset
+from herbid.data.splits import split_dataset
+from herbid.data.synthetic import make_synthetic_collection
+from herbid.evaluation.evaluate import evaluate_bundle
+from herbid.experiments.runner import ExperimentError, run_experiments
+from herbid.models.tta import TTAModel, with_tta
+from herbid.training import loop
+from herbid.training.bundle import load_bundle
+from herbid.training.config import DEFAULT_RECIPE, RECIPES, ConfigError, TrainConfig, load_config
+from herbid.training.data import TrainTransform
+from herbid.training.loop import train
+
+SMALL = dict(arch="small_cnn", batch_size=4, lr=0.02, workers=0, device="cpu", input_size=64, resize_size=72)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("recipe")
+    source = make_synthetic_collection(root / "src", n_species=4, per_species=8, seed=5, size=(160, 240))
+    folder = build_dataset([source], root / "ds", BuildOptions(workers=1, progress=False)).out
+    split_dataset(folder, by="none", test_fraction=0.5, seed=0)
+    return folder
+
+
+# ----------------------------------------------------------------------- configs
+
+
+def test_default_recipe_is_sheet_and_bare_config_is_the_paper() -> None:
+    assert DEFAULT_RECIPE == "sheet"
+    config = load_config()
+    assert config.recipe == "sheet"
+    assert (config.init, config.tta, config.head_init, config.vflip) == ("imagenet", "flip", "linear-probe", True)
+    assert config.input_size > 224  # higher resolution than the paper's crops
+    paper = load_config(overrides={"recipe": "paper"})
+    assert paper == TrainConfig(recipe="paper")
+    assert (paper.lr, paper.batch_size, paper.input_size, paper.tta) == (0.0075, 16, None, "none")
+    assert set(RECIPES) >= {"paper", "sheet", "smoke"}
+
+
+@pytest.mark.parametrize("overrides, message", [({"tta": "rot"}, "tta must be"),
+                                                ({"head_init": "zeros"}, "head_init must be")])
+def test_new_options_are_validated(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
+# --------------------------------------------------------------------------- TTA
+
+
+def test_flip_tta_is_the_mean_of_the_views() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(2, 5)).eval()
+    x = torch.randn(2, 3, 16, 12)
+    assert with_tta(model, "none") is model
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(3))) / 2
+        assert torch.allclose(TTAModel(model, "flip")(x), expected, atol=1e-6)
+        four = (model(x) + model(x.flip(3)) + model(x.flip(2)) + model(x.flip(2).flip(3))) / 4
+        assert torch.allclose(TTAModel(model, "flip2")(x), four, atol=1e-6)
+        # a mirror-invariant result: the flipped image gets the same flip-TTA logits
+        assert torch.allclose(TTAModel(model, "flip")(x.flip(3)), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown tta"):
+        TTAModel(model, "rot")
+
+
+def test_vflip_flips_rows_and_leaves_other_configs_unchanged() -> None:
+    image = Image.fromarray(np.arange(40 * 40 * 3, dtype=np.uint8).reshape(40, 40, 3))
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    plain = TrainTransform(32, 40, mean, std, hflip=True)
+    explicit = TrainTransform(32, 40, mean, std, hflip=True, vflip=False)
+    both = TrainTransform(32, 40, mean, std, hflip=False, vflip=True)
+    for seed in range(8):  # no extra random draw without vflip: old runs replay exactly
+        assert torch.equal(plain(image, random.Random(seed)), explicit(image, random.Random(seed)))
+    outputs = [both(image, random.Random(seed)) for seed in range(16)]
+    # rows of the source increase downwards; a flipped crop has them decreasing
+    flipped = [bool(out[0, 0, 0] > out[0, -1, 0]) for out in outputs]
+    assert 0 < sum(flipped) < len(flipped)
+
+
+# ----------------------------------------------------------------------- LP head
+
+
+def test_linear_probe_head_fits_the_training_images(dataset: Path, tmp_path: Path) -> None:
+    """With 0 epochs the bundle is the initial model: an LP head already separates the
+    training sheets; a random head is at chance."""
+    probe = train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "lp"), epochs=0, head_init="linear-probe",
+                              **SMALL), progress=False)
+    fresh = train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "random"), epochs=0, **SMALL), progress=False)
+    on_train = evaluate_bundle(probe.bundle_dir, dataset, split="train", device="cpu")
+    assert on_train["top1"] >= 0.9
+    assert evaluate_bundle(fresh.bundle_dir, dataset, split="train", device="cpu")["top1"] <= 0.5
+    assert "linear probe on 16 training images" in load_bundle(probe.bundle_dir).provenance["init"]["note"]
+
+
+def test_bundle_carries_tta_to_evaluation(dataset: Path, tmp_path: Path) -> None:
+    result = train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "tta"), epochs=1, tta="flip", **SMALL),
+                   progress=False)
+    bundle = load_bundle(result.bundle_dir)
+    assert bundle.preprocessing.tta == "flip"
+    metrics = evaluate_bundle(bundle, dataset, split="test", device="cpu")
+    # the loop's own test metrics (TTA applied there too) are the bundle's
+    assert metrics["top1"] == pytest.approx(result.final["top1"]) and metrics["n"] == result.final["n"]
+
+
+# ------------------------------------------------------------ experiment baselines
+
+
+def _toml(tmp_path: Path, dataset: Path) -> Path:
+    path = tmp_path / "datasets.toml"
+    path.write_text(f'[SYN]\npath = "{dataset}"\nsplit = {{ by = "specimen", test_fraction = 0.5 }}\n')
+    return path
+
+
+@pytest.mark.parametrize("method", ["linear-probe", "knn"])
+def test_experiment_baseline_methods(dataset: Path, tmp_path: Path, method: str, monkeypatch) -> None:
+    def never(*args, **kwargs):
+        raise AssertionError("a baseline must not fine-tune")
+
+    monkeypatch.setattr(loop, "train", never)
+    base = {"arch": "small_cnn", "resize_size": 64, "device": "cpu"}
+    out = tmp_path / "out"
+    results = run_experiments(["R.SYN.SYN"], _toml(tmp_path, dataset), out, base_config=base, folds=2,
+                              method=method, progress=False)
+    row = results["R.SYN.SYN"]
+    assert row.method == method and row.n_folds == 2 and row.n == 32
+    assert 0.0 <= row.top1 <= row.top5 <= 1.0
+    assert f"| R.SYN.SYN | {method} |" in results.results_md.read_text()
+    cached = sorted((out / "cache" / "baselines").iterdir())
+    assert len(cached) == 2  # one per fold
+    again = run_experiments(["R.SYN.SYN"], _toml(tmp_path, dataset), out, base_config=base, folds=2,
+                            method=method, progress=False)
+    assert again["R.SYN.SYN"].top1 == row.top1 and sorted((out / "cache" / "baselines").iterdir()) == cached
+
+
+def test_unknown_experiment_method(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExperimentError, match="linear-probe"):
+        run_experiments(["R.SYN.SYN"], _toml(tmp_path, dataset), tmp_path / "out", method="svm", progress=False)
