@@ -152,3 +152,44 @@ def test_experiment_baseline_methods(dataset: Path, tmp_path: Path, method: str,
 def test_unknown_experiment_method(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ExperimentError, match="linear-probe"):
         run_experiments(["R.SYN.SYN"], _toml(tmp_path, dataset), tmp_path / "out", method="svm", progress=False)
+
+
+# ------------------------------------------------------------------ taxonomy loss
+
+
+def test_hierarchical_loss_prefers_the_right_genus() -> None:
+    from herbid.training.losses import HierarchicalLoss, make_criterion, rank_groups
+
+    species = ["Acer rubrum", "Acer saccharum", "Quercus alba"]
+    taxonomy = {"Acer rubrum": {"genus": "Acer", "family": "Sapindaceae"},
+                "Acer saccharum": {"genus": "Acer", "family": "Sapindaceae"},
+                "Quercus alba": {"genus": "Quercus", "family": "Fagaceae"}}
+    assert rank_groups(species, taxonomy, "genus").tolist() == [0, 0, 1]
+    one_genus = {s: {"genus": "Viola", "family": None} for s in species}
+    assert rank_groups(species, one_genus, "genus") is None and rank_groups(species, one_genus, "family") is None
+    loss = HierarchicalLoss(species, taxonomy, weight=1.0)
+    assert loss.ranks == ["genus", "family"]
+    target = torch.tensor([0])
+    right_genus = torch.tensor([[0.0, 3.0, 0.0]])  # wrong species, right genus
+    wrong_genus = torch.tensor([[0.0, 0.0, 3.0]])  # wrong species, wrong genus
+    plain = torch.nn.CrossEntropyLoss()
+    assert plain(right_genus, target) == pytest.approx(plain(wrong_genus, target).item())
+    assert loss(right_genus, target) < loss(wrong_genus, target)
+    # the genus term is exactly −log p(genus): here p(Acer) = (1 + e³) / (2 + e³)
+    p_acer = (1 + np.exp(3.0)) / (2 + np.exp(3.0))
+    expected = plain(right_genus, target).item() - 2 * np.log(p_acer)  # genus and family coincide here
+    assert loss(right_genus, target).item() == pytest.approx(expected, rel=1e-5)
+    # without usable ranks (one genus) it is the plain species loss
+    same = make_criterion(species, one_genus, label_smoothing=0.0, taxonomy_weight=0.5)
+    assert same(wrong_genus, target).item() == pytest.approx(plain(wrong_genus, target).item())
+
+
+def test_training_with_taxonomy_loss_learns(dataset: Path, tmp_path: Path) -> None:
+    config = TrainConfig(dataset=str(dataset), out=str(tmp_path / "tax"), epochs=6, taxonomy_loss=0.5, seed=1,
+                         **SMALL)
+    criterion = loop.make_criterion(["a", "b"], {"a": {"genus": "A"}, "b": {"genus": "B"}}, label_smoothing=0.0,
+                                    taxonomy_weight=0.5)
+    assert criterion.ranks == ["genus"]
+    result = train(config, progress=False)
+    losses = [row["train_loss"] for row in result.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -63,6 +63,9 @@ class TrainConfig:
     #: regression on the frozen features of the training images and start from it
     #: (LP-FT, Kumar et al. 2022), so fine-tuning does not wreck the features early on.
     head_init: str = "random"
+    #: > 0: add this weight × the cross-entropy of the genus and family implied by the
+    #: species probabilities (ranks known for every species and not all equal).
+    taxonomy_loss: float = 0.0
     #: > 0: a group-aware validation split carved from train; it (never test) picks the
     #: bundled epoch and fits the temperature. 0: the manifest's own "val" rows, if any.
     val_fraction: float = 0.0
@@ -198,6 +201,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (0.0 <= config.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
         (config.workers >= 0, "workers must be >= 0"),
         (config.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+        (config.taxonomy_loss >= 0, "taxonomy_loss must be >= 0"),
         (config.schedule in SCHEDULES, f"schedule must be one of {sorted(SCHEDULES)}"),
         (config.amp in AMP_MODES, f"amp must be one of {sorted(AMP_MODES)}"),
         (config.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}"),

@@ -40,6 +40,7 @@ from herbid.training.checkpoint import (BEST_WEIGHTS, CHECKPOINT, TrainState, lo
 from herbid.training.config import CONFIG_YAML, TrainConfig, config_from_dict, save_config, validate
 from herbid.training.curves import LOSS_CURVE, plot_curves, write_metrics
 from herbid.training.distributed import DistContext, all_reduce_sum, setup
+from herbid.training.losses import make_criterion
 from herbid.training.precision import autocast, grad_scaler
 from herbid.training.prepare import (Loaders, Splits, build_model, effective_preprocessing, eval_loader,
                                      init_head_from_probe, make_loaders, make_optimizer, prepare_splits)
@@ -146,7 +147,8 @@ def _assemble(config: TrainConfig, context: DistContext, device: torch.device) -
     steps = _steps_per_epoch(loaders)
     scheduler = make_scheduler(optimizer, config.schedule, total_steps=max(1, steps * config.epochs),
                                warmup_steps=steps * config.warmup_epochs)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = make_criterion(splits.species, splits.taxonomy, label_smoothing=config.label_smoothing,
+                               taxonomy_weight=config.taxonomy_loss).to(device)
     return _Run(config, context, device, splits, model, net, init, preprocessing, loaders, optimizer, scheduler,
                 grad_scaler(config.amp, device), criterion, Path(config.out))
 

@@ -1,0 +1,67 @@
+"""Losses: species cross-entropy, optionally with the taxonomy as a class hierarchy.
+
+``HierarchicalLoss`` adds, for every rank whose names are known for all species (genus,
+family), the cross-entropy of the rank *implied by the species probabilities*:
+``p(genus g) = Σ_{species s in g} p(s)``. No extra heads are needed, so every model and
+bundle stays a plain species classifier; the extra terms reward a wrong species in the
+right genus over one in the wrong genus (the multi-level idea of the Herbarium 2022
+winners, as a marginal loss).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RANKS = ("genus", "family")
+
+
+def rank_groups(species: list[str], taxonomy: dict[str, dict[str, str | None]], rank: str) -> torch.Tensor | None:
+    """Group index of every species at ``rank``, or None when the rank cannot help:
+    unknown for some species, or the same for all of them."""
+    names = [taxonomy.get(s, {}).get(rank) for s in species]
+    if any(n is None for n in names) or len(set(names)) < 2:
+        return None
+    order = sorted(set(names))
+    return torch.tensor([order.index(n) for n in names], dtype=torch.long)
+
+
+class HierarchicalLoss(nn.Module):
+    """``CE(species) + weight · Σ_ranks CE(rank marginal)`` (label smoothing on species)."""
+
+    def __init__(self, species: list[str], taxonomy: dict[str, dict[str, str | None]], *, weight: float,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.weight = weight
+        self.species_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.ranks: list[str] = []
+        for rank in RANKS:
+            groups = rank_groups(species, taxonomy, rank)
+            if groups is not None:
+                self.ranks.append(rank)
+                self.register_buffer(f"{rank}_of_species", groups)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.species_loss(logits, targets)
+        if not self.ranks or self.weight == 0:
+            return loss
+        log_probs = F.log_softmax(logits.float(), dim=1)
+        for rank in self.ranks:
+            groups = getattr(self, f"{rank}_of_species")
+            n_groups = int(groups.max()) + 1
+            # log Σ_{s in g} p(s) for every group g, via a −inf mask
+            member = groups.unsqueeze(1) == torch.arange(n_groups, device=groups.device).unsqueeze(0)
+            mask = torch.zeros(member.shape, dtype=log_probs.dtype, device=logits.device)
+            mask = mask.masked_fill(~member.to(logits.device), float("-inf"))
+            group_log_probs = torch.logsumexp(log_probs.unsqueeze(2) + mask.unsqueeze(0), dim=1)
+            loss = loss + self.weight * F.nll_loss(group_log_probs, groups.to(logits.device)[targets])
+        return loss
+
+
+def make_criterion(species: list[str], taxonomy: dict[str, dict[str, str | None]], *, label_smoothing: float,
+                   taxonomy_weight: float) -> nn.Module:
+    """Plain cross-entropy, or the hierarchical loss when ``taxonomy_weight`` > 0."""
+    if taxonomy_weight > 0:
+        return HierarchicalLoss(species, taxonomy, weight=taxonomy_weight, label_smoothing=label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
