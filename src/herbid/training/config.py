@@ -105,11 +105,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # decay, 224×224 random crops of the 256×256 sheets with mirroring. The defaults.
     "paper": {},
     # herbid's default, the best measured on real sheets (docs/RESULTS.md): ImageNet init,
-    # 384 px sheets (from the 1024 px copy) with 352 px crops, all four flips, label
+    # 448 px sheets (from the 1024 px copy) with 416 px crops, all four flips, label
     # smoothing, a linear-probe head to start from, SGD cosine with warm-up, flip TTA.
     "sheet": {"arch": "efficientnet_lite0", "init": "imagenet", "epochs": 15, "lr": 0.003,
               "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1,
-              "input_size": 352, "resize_size": 384, "vflip": True, "tta": "flip", "head_init": "linear-probe"},
+              "input_size": 416, "resize_size": 448, "vflip": True, "tta": "flip", "head_init": "linear-probe"},
     # A quick CPU smoke recipe for the small test CNN.
     "smoke": {"arch": "small_cnn", "epochs": 3, "lr": 0.05, "schedule": "cosine", "workers": 0},
 }
