@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from herbid.data.build import BuildOptions, build_dataset
 from herbid.data.folder import load_manifest
-from herbid.data.splits import split_dataset
-from herbid.data.synthetic import make_synthetic_collection
 from herbid.evaluation.baselines import (METHODS, fit_logistic_regression, knn_classify, run_baseline,
                                          score_method, split_features)
 from herbid.models.registry import WeightsUnavailable
+from synthetic_data import half_held_out
 
 
 def _blobs(n_per_class: int, n_classes: int = 4, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -50,17 +48,10 @@ def test_knn_ranks_every_class() -> None:
     assert list(np.argsort(-probs[0])) == [3, 2, 1, 0]
 
 
-def _dataset(root, *, seed: int, per_species: int, size: tuple[int, int]):
-    source = make_synthetic_collection(root / "src", n_species=4, per_species=per_species, seed=seed, size=size)
-    folder = build_dataset([source], root / "ds", BuildOptions(workers=1, progress=False)).out
-    split_dataset(folder, by="none", test_fraction=0.5, seed=0)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     """4 synthetic species × 8 sheets, half of each species held out."""
-    return _dataset(tmp_path_factory.mktemp("baselines"), seed=3, per_species=8, size=(160, 240))
+    return half_held_out(tmp_path_factory.mktemp("baselines"), seed=3, per_species=8)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -14,9 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.splits import split_dataset
-from herbid.data.synthetic import make_synthetic_collection
 from herbid.evaluation.evaluate import evaluate_bundle
 from herbid.experiments.runner import ExperimentError, run_experiments
 from herbid.models.tta import TTAModel, with_tta
@@ -25,17 +22,14 @@ from herbid.training.bundle import load_bundle
 from herbid.training.config import DEFAULT_RECIPE, RECIPES, ConfigError, TrainConfig, load_config
 from herbid.training.data import TrainTransform
 from herbid.training.loop import train
+from synthetic_data import half_held_out
 
 SMALL = dict(arch="small_cnn", batch_size=4, lr=0.02, workers=0, device="cpu", input_size=64, resize_size=72)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("recipe")
-    source = make_synthetic_collection(root / "src", n_species=4, per_species=8, seed=5, size=(160, 240))
-    folder = build_dataset([source], root / "ds", BuildOptions(workers=1, progress=False)).out
-    split_dataset(folder, by="none", test_fraction=0.5, seed=0)
-    return folder
+    return half_held_out(tmp_path_factory.mktemp("recipe"), seed=5, per_species=8)
 
 
 # ----------------------------------------------------------------------- configs
