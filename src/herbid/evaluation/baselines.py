@@ -32,7 +32,6 @@ from herbid.data.folder import load_manifest
 from herbid.evaluation.evaluate import resolve_device
 from herbid.evaluation.metrics import topk_correct
 from herbid.models.base import HerbidModel
-from herbid.models.registry import create_model
 from herbid.training.data import ManifestDataset, eval_transform, select_rows, species_and_taxonomy
 
 #: A fixed, mild L2 strength (on the mean cross-entropy of standardised features). With
@@ -47,14 +46,27 @@ DEFAULT_L2 = 1e-3
 
 def frozen_backbone(arch: str, init: str = "imagenet") -> HerbidModel:
     """``arch`` initialised from ``init`` (random, imagenet, or a weights file / bundle / run
-    folder, whose classifier is ignored: only the pooled features are used)."""
-    if init in ("random", "imagenet"):
-        return create_model(arch, num_classes=1, init=init)[0]
-    from herbid.models.weights import load_weights_file
+    folder) exactly as training would start from it; the classifier is never used."""
+    from herbid.training.config import TrainConfig
+    from herbid.training.prepare import build_model
 
-    model, _ = create_model(arch, num_classes=1, init="random")
-    load_weights_file(model, Path(init), skip_classifier=True)
-    return model
+    return build_model(TrainConfig(arch=arch, init=init), num_classes=1)[0]
+
+
+def pooled_features(model: HerbidModel, loader: DataLoader, device: torch.device,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> np.ndarray:
+    """``model``'s pooled pre-logit features of every batch of ``loader``, float32 ``(n, d)``,
+    computed in eval mode (the model's train/eval mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    chunks: list[np.ndarray] = []
+    with torch.inference_mode():
+        for images, _ in loader:
+            pooled = model.forward_head(model.forward_features(images.to(device, memory_format=memory_format)),
+                                        pre_logits=True)
+            chunks.append(pooled.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, model.num_features), np.float32)
 
 
 def extract_features(arch: str, dataset_dir: str | Path, frame: pd.DataFrame, *, init: str = "imagenet",
@@ -69,18 +81,12 @@ def extract_features(arch: str, dataset_dir: str | Path, frame: pd.DataFrame, *,
     """
     model = frozen_backbone(arch, init)
     target = resolve_device(device)
-    model.to(target).eval()
+    model.to(target)
     transform = eval_transform(model.preprocessing, input_size, resize_size)
     classes = species if species is not None else species_and_taxonomy(frame)[0]
     dataset = ManifestDataset(dataset_dir, frame, classes, transform)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    chunks: list[np.ndarray] = []
-    with torch.inference_mode():
-        for images, _ in loader:
-            pooled = model.forward_head(model.forward_features(images.to(target)), pre_logits=True)
-            chunks.append(pooled.float().cpu().numpy())
-    features = np.concatenate(chunks) if chunks else np.zeros((0, model.num_features), np.float32)
-    return features.astype(np.float32), np.asarray(dataset.targets, dtype=np.int64)
+    return pooled_features(model, loader, target), np.asarray(dataset.targets, dtype=np.int64)
 
 
 # ------------------------------------------------------------ logistic regression

@@ -8,8 +8,8 @@ settings). Every other manifest column is kept, including ``sha256``/``phash`` o
 the original specimens and a model trained on the cleaned copy is comparable row by row.
 
 The same pass adds the quality columns of :func:`sheet_quality` (``quality``, ``blur``,
-``exposure``, ``plant_fraction``); ``score_quality`` adds them in place without cleaning.
-Both are resumable: an image already written is not cleaned again.
+``exposure``, ``plant_fraction``). It is resumable: an image already written is not
+cleaned again (only segmented and scored).
 """
 
 from __future__ import annotations

@@ -41,6 +41,10 @@ class HierarchicalLoss(nn.Module):
             if groups is not None:
                 self.ranks.append(rank)
                 self.register_buffer(f"{rank}_of_species", groups)
+                # (n_species, n_groups): 0 where the species is in the group, −inf elsewhere,
+                # so logsumexp over species gives log Σ_{s in g} p(s)
+                member = groups.unsqueeze(1) == torch.arange(int(groups.max()) + 1).unsqueeze(0)
+                self.register_buffer(f"{rank}_log_mask", torch.zeros(member.shape).masked_fill(~member, float("-inf")))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = self.species_loss(logits, targets)
@@ -48,14 +52,9 @@ class HierarchicalLoss(nn.Module):
             return loss
         log_probs = F.log_softmax(logits.float(), dim=1)
         for rank in self.ranks:
-            groups = getattr(self, f"{rank}_of_species")
-            n_groups = int(groups.max()) + 1
-            # log Σ_{s in g} p(s) for every group g, via a −inf mask
-            member = groups.unsqueeze(1) == torch.arange(n_groups, device=groups.device).unsqueeze(0)
-            mask = torch.zeros(member.shape, dtype=log_probs.dtype, device=logits.device)
-            mask = mask.masked_fill(~member.to(logits.device), float("-inf"))
-            group_log_probs = torch.logsumexp(log_probs.unsqueeze(2) + mask.unsqueeze(0), dim=1)
-            loss = loss + self.weight * F.nll_loss(group_log_probs, groups.to(logits.device)[targets])
+            groups, log_mask = getattr(self, f"{rank}_of_species"), getattr(self, f"{rank}_log_mask")
+            group_log_probs = torch.logsumexp(log_probs.unsqueeze(2) + log_mask.unsqueeze(0), dim=1)
+            loss = loss + self.weight * F.nll_loss(group_log_probs, groups[targets])
         return loss
 
 

@@ -99,7 +99,7 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
     The probe standardises features; the standardisation is folded into the linear layer,
     so the model is unchanged in form. Returns a small record for the run's provenance.
     """
-    from herbid.evaluation.baselines import DEFAULT_L2, fit_logistic_regression
+    from herbid.evaluation.baselines import DEFAULT_L2, fit_logistic_regression, pooled_features
 
     head = model.get_classifier()
     if not isinstance(head, nn.Linear):
@@ -108,15 +108,8 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
     dataset = ManifestDataset(config.dataset, splits.train, splits.species, eval_transform(preprocessing))
     loader = DataLoader(dataset, batch_size=config.batch_size * 2, shuffle=False, num_workers=0)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    was_training = model.training
-    model.eval()
-    chunks = []
-    with torch.inference_mode():
-        for images, _ in loader:
-            features = model.forward_features(images.to(device, memory_format=memory_format))
-            chunks.append(model.forward_head(features, pre_logits=True).float().cpu())
-    model.train(was_training)
-    probe = fit_logistic_regression(torch.cat(chunks).numpy(), np.asarray(dataset.targets), len(splits.species),
+    features = pooled_features(model, loader, device, memory_format)
+    probe = fit_logistic_regression(features, np.asarray(dataset.targets), len(splits.species),
                                     l2=DEFAULT_L2, std_floor=HEAD_INIT_STD_FLOOR)
     weight = probe.weight / probe.std
     bias = probe.bias - weight @ probe.mean
