@@ -144,6 +144,18 @@ def test_quality_drops_with_blur_and_overexposure(sheets) -> None:
     assert 0.005 < base["plant_fraction"] < 0.5
 
 
+def test_white_scanner_background_is_not_overexposure(sheets) -> None:
+    """A scan whose background is rendered pure white has clipped pixels, but the plant
+    kept its detail: exposure must stay high (it was 0 for a quarter of real Viola sheets)."""
+    image, _, seg = sheets[1]
+    pixels = np.asarray(image).copy()
+    pixels[~seg.plant_mask] = 255  # background → pure white, plant untouched
+    white = Image.fromarray(pixels)
+    scores = sheet_quality(white, seg)
+    assert scores["clipped_bright"] < 0.05  # measured on the plant
+    assert scores["exposure"] > 0.5 and scores["quality"] > 0.5
+
+
 # ------------------------------------------------------------------ whole datasets
 
 
@@ -178,3 +190,10 @@ def test_clean_dataset_keeps_rows_and_adds_quality(tmp_path) -> None:
     assert again.images == 6 and load_manifest(tmp_path / "clean").equals(cleaned)
     with pytest.raises(ValueError, match="mask"):
         clean_dataset(built, tmp_path / "x", mode="blur", progress=False)
+    # mode none: the very same image files, only the scores added
+    scored = clean_dataset(built, tmp_path / "scored", mode="none", progress=False)
+    scored_frame = load_manifest(tmp_path / "scored")
+    assert scored.images == 6 and scored_frame["quality"].tolist() == cleaned["quality"].tolist()
+    for column in ("image_path", "large_image_path"):
+        for before, after in zip(original[column], scored_frame[column]):
+            assert (tmp_path / "ds" / before).read_bytes() == (tmp_path / "scored" / after).read_bytes()

@@ -97,3 +97,30 @@ def test_rank_top1_sums_probabilities_per_taxon():
     assert rank_top1(logits, frame, bundle, "genus") == 0.5
     assert rank_top1(logits, frame, bundle, "family") is None  # no family known
     assert topk_hits(logits, torch.tensor([5, 1]), 5).tolist() == [False, True]  # k clamped; unknown class
+
+
+def test_knn_fusion_mixes_in_neighbour_votes(trained):
+    import numpy as np
+    from herbid.evaluation.baselines import knn_classify, pooled_features
+    from herbid.training.data import ManifestDataset, eval_transform
+    from torch.utils.data import DataLoader
+
+    bundle = load_bundle(trained.result.run_dir)
+    plain = evaluate_bundle(bundle, trained.dataset, split="test", device="cpu")
+    assert plain["knn_fusion"] == 0.0
+    only_knn = evaluate_bundle(bundle, trained.dataset, split="test", device="cpu", knn_fusion=1.0)
+    # w = 1 is the k-NN classifier on the model's features, computed here independently
+    frame = load_manifest(trained.dataset)
+
+    def features(rows):
+        data = ManifestDataset(trained.dataset, rows, bundle.species, eval_transform(bundle.preprocessing))
+        return pooled_features(bundle.model, DataLoader(data, batch_size=16), torch.device("cpu")), data.targets
+
+    train_x, train_y = features(frame[frame["split"] == "train"])
+    test_x, test_y = features(frame[frame["split"] == "test"])
+    votes = knn_classify(train_x, np.asarray(train_y), test_x, len(bundle.species), k=5)
+    assert only_knn["top1"] == pytest.approx(float(np.mean(votes.argmax(1) == np.asarray(test_y))))
+    half = evaluate_bundle(bundle, trained.dataset, split="test", device="cpu", knn_fusion=0.5)
+    assert half["n"] == plain["n"] and 0.0 <= half["top1"] <= 1.0
+    with pytest.raises(ValueError, match="knn_fusion"):
+        evaluate_bundle(bundle, trained.dataset, split="test", device="cpu", knn_fusion=1.5)

@@ -6,6 +6,7 @@ export must reproduce whatever the weights compute.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,11 +28,12 @@ TAXONOMY = {name: {"genus": name.split()[0], "family": {"Anemone": "Ranunculacea
                                                          "Viola": "Violaceae"}[name.split()[0]]} for name in SPECIES}
 
 
-def _bundle(root: Path, arch: str) -> Path:
+def _bundle(root: Path, arch: str, tta: str = "none") -> Path:
     torch.manual_seed(0)
     model, _ = create_model(arch, len(SPECIES), init="random")
-    return save_bundle(root / arch, model=model, arch=arch, species=SPECIES, taxonomy=TAXONOMY,
-                       preprocessing=model.preprocessing, temperature=1.7, provenance={"created": "test"})
+    preprocessing = dataclasses.replace(model.preprocessing, tta=tta)
+    return save_bundle(root / f"{arch}-{tta}", model=model, arch=arch, species=SPECIES, taxonomy=TAXONOMY,
+                       preprocessing=preprocessing, temperature=1.7, provenance={"created": "test"})
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,21 @@ def test_onnx_has_the_same_top5_as_pytorch(arch: str, sheets: list[Path], tmp_pa
     assert report["top5_agree"], report["per_image"]
     assert report["max_abs_diff_probabilities"] < 1e-4
     assert all(len(p["onnx_top5"]) == 5 for p in report["per_image"])
+
+
+def test_onnx_carries_the_bundles_test_time_augmentation(sheets: list[Path], tmp_path: Path) -> None:
+    """A flip-TTA bundle: identify averages the sheet and its mirror image, so must ONNX."""
+    flip, plain = _bundle(tmp_path, "small_cnn", tta="flip"), _bundle(tmp_path, "small_cnn")
+    path = export_onnx(flip, tmp_path / "flip.onnx")
+    report = check_onnx(flip, path, sheets)
+    assert report["top5_agree"] and report["max_abs_diff_logits"] < 1e-4
+    identifier = Identifier(plain, device="cpu")
+    batch = torch.stack([identifier.sheet_tensor(p.read_bytes()) for p in sheets])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = torch.from_numpy(session.run(["logits"], {"image": batch.numpy()})[0])
+    expected = (identifier.logits(batch) + identifier.logits(batch.flip(3))) / 2
+    assert torch.allclose(logits, expected, atol=1e-4)
+    assert not torch.allclose(logits, identifier.logits(batch), atol=1e-4)
 
 
 def test_outputs_are_calibrated_and_the_batch_axis_is_dynamic(sheets: list[Path], tmp_path: Path) -> None:

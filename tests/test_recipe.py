@@ -187,3 +187,113 @@ def test_training_with_taxonomy_loss_learns(dataset: Path, tmp_path: Path) -> No
     result = train(config, progress=False)
     losses = [row["train_loss"] for row in result.history]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+# ---------------------------------------------------- augmentations added for sheets
+
+
+def test_rot90_turns_some_crops_and_replays_older_configs() -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    plain = TrainTransform(32, 40, mean, std, hflip=True, vflip=True)
+    turning = TrainTransform(32, 40, mean, std, hflip=True, vflip=True, rot90=True)
+    turned = 0
+    for seed in range(16):
+        base, out = plain(image, random.Random(seed)), turning(image, random.Random(seed))
+        # same crop and flips (the turn is drawn last), then either kept or turned by 90°
+        if not torch.equal(base, out):
+            assert torch.equal(out, torch.rot90(base, 1, (1, 2)))
+            turned += 1
+    assert 0 < turned < 16
+
+
+def test_scanner_jitter_is_bounded_and_seeded() -> None:
+    from herbid.training.data import scanner_jitter
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.8, (3, 16, 16)).astype(np.float32)
+    a = scanner_jitter(base.copy(), random.Random(3), 0.1)
+    b = scanner_jitter(base.copy(), random.Random(3), 0.1)
+    assert np.array_equal(a, b)  # the sample's seed decides everything
+    assert a.min() >= 0.0 and a.max() <= 1.0 and not np.array_equal(a, base)
+    # at most ±10 % brightness, ±10 % contrast and ±5 % per channel: small, scanner-like changes
+    assert np.abs(a.mean() - base.mean()) <= 0.17 * base.mean()
+    ratio = a.mean(axis=(1, 2)) / base.mean(axis=(1, 2))
+    assert ratio.max() / ratio.min() <= 1.06 / 0.94 + 1e-3
+    transform = TrainTransform(32, 40, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), jitter=0.1)
+    image = Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8))
+    outs = {round(float(transform(image, random.Random(seed)).mean()), 4) for seed in range(6)}
+    assert len(outs) > 1
+
+
+# -------------------------------------------------------- BatchNorm and sample weights
+
+
+def test_recalibrated_batchnorm_matches_the_data() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from herbid.training.prepare import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    images = torch.randn(24, 3, 10, 10) * 3 + 2  # far from the BN's initial statistics (0, 1)
+    loader = DataLoader(TensorDataset(images, torch.zeros(24)), batch_size=8)
+    assert recalibrate_batchnorm(model, loader, torch.device("cpu")) == 1
+    assert not model.training and model[1].momentum == 0.1  # modes and momentum restored
+    with torch.no_grad():
+        conv = model[0](images)
+    assert torch.allclose(model[1].running_mean, conv.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(model[1].running_var, conv.var((0, 2, 3)), rtol=0.05)
+    # so eval-mode outputs now agree with what train mode computes on the whole set
+    with torch.no_grad():
+        evaluated = model(images)
+        model.train()
+        batch_stats = model(images)
+    assert torch.allclose(evaluated, batch_stats, atol=0.05)
+
+
+def test_bn_linear_probe_head_fits_the_training_images(dataset: Path, tmp_path: Path) -> None:
+    result = train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "bnlp"), epochs=0,
+                               head_init="bn-linear-probe", **SMALL), progress=False)
+    assert evaluate_bundle(result.bundle_dir, dataset, split="train", device="cpu")["top1"] >= 0.9
+
+
+def test_sample_weights_make_a_weighted_mean() -> None:
+    from herbid.training.losses import make_criterion
+
+    criterion = make_criterion(["a", "b", "c"], {}, label_smoothing=0.1, taxonomy_weight=0.0)
+    logits, targets = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]]), torch.tensor([0, 1])
+    each = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=0.1, reduction="none")
+    assert criterion(logits, targets).item() == pytest.approx(each.mean().item())
+    assert criterion(logits, targets, torch.tensor([1.0, 0.0])).item() == pytest.approx(each[0].item())
+    assert criterion(logits, targets, torch.tensor([0.25, 0.75])).item() == pytest.approx(
+        (0.25 * each[0] + 0.75 * each[1]).item())
+
+
+def test_quality_sample_weights_need_scores(dataset: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from herbid.data.folder import load_manifest, save_manifest
+
+    config = TrainConfig(dataset=str(dataset), out=str(tmp_path / "q"), epochs=2, sample_weight="quality", **SMALL)
+    with pytest.raises(ValueError, match="--mode none"):
+        train(config, progress=False)
+    scored = tmp_path / "scored"
+    import shutil
+
+    shutil.copytree(dataset, scored)
+    frame = load_manifest(scored)
+    frame["quality"] = pd.Series(np.linspace(0.2, 1.0, len(frame)))
+    save_manifest(scored, frame)
+    result = train(config.replace(dataset=str(scored)), progress=False)
+    losses = [row["train_loss"] for row in result.history]
+    assert all(np.isfinite(losses)) and result.final["n"] == 16
+
+
+def test_new_config_fields_keep_old_stage_keys() -> None:
+    from herbid.experiments.runner import config_key
+
+    base = config_key(TrainConfig())
+    assert "rot90" not in base and "jitter" not in base and "sample_weight" not in base
+    assert config_key(TrainConfig(rot90=True))["rot90"] is True
+    assert config_key(TrainConfig(jitter=0.1))["jitter"] == 0.1

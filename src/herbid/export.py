@@ -5,7 +5,9 @@ preprocessed exactly as herbid does it (see ``herbid.preprocessing`` in the meta
 :meth:`herbid.identification.Identifier.sheet_tensor`), with a dynamic batch axis. It has
 **two outputs**:
 
-* ``logits`` (batch, n_species): the raw model, for anyone who wants to calibrate anew;
+* ``logits`` (batch, n_species): the raw model (averaged over the bundle's test-time
+  augmentation views, e.g. the sheet and its mirror image, as ``herbid identify`` does),
+  for anyone who wants to calibrate anew;
 * ``probabilities`` (batch, n_species): ``softmax(logits / T)`` with the bundle's
   temperature ``T`` baked in, so a consumer gets the same calibrated probabilities as
   ``herbid identify`` without re-implementing the calibration (and cannot forget it).
@@ -39,6 +41,7 @@ from torch import nn
 
 import herbid
 from herbid.data.folder import atomic_path
+from herbid.models.tta import with_tta
 from herbid.training.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -158,7 +161,8 @@ def export_onnx(bundle: Bundle | str | Path, out_path: str | Path, *, opset: int
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
     bundle = _as_bundle(bundle)
-    module = CalibratedModel(copy.deepcopy(bundle.model).cpu().float().eval(), bundle.temperature).eval()
+    model = with_tta(copy.deepcopy(bundle.model).cpu().float().eval(), bundle.preprocessing.tta)
+    module = CalibratedModel(model, bundle.temperature).eval()
     out_path = Path(out_path)
     errors: list[str] = []
     with atomic_path(out_path) as tmp:
@@ -177,7 +181,8 @@ def export_onnx(bundle: Bundle | str | Path, out_path: str | Path, *, opset: int
             entry.key, entry.value = key, value
         model.doc_string = (f"herbid {herbid.__version__} {bundle.arch} species classifier; input: RGB sheet "
                             f"squeezed to {bundle.preprocessing.resize_size}², centre crop "
-                            f"{bundle.preprocessing.input_size}², (x/255 - mean)/std (see herbid.preprocessing)")
+                            f"{bundle.preprocessing.input_size}², (x/255 - mean)/std (see herbid.preprocessing); "
+                            f"test-time augmentation {bundle.preprocessing.tta!r} inside")
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
     return out_path

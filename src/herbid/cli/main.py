@@ -191,7 +191,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from herbid.evaluation.evaluate import evaluate_bundle
 
     result = evaluate_bundle(args.bundle, args.dataset, split=args.split, fold=args.fold,
-                             batch_size=args.batch_size, device=args.device, tta=args.tta)
+                             batch_size=args.batch_size, device=args.device, tta=args.tta,
+                             knn_fusion=args.knn_fusion)
     if args.json:
         print_json(result)
     else:
@@ -420,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "plant) and per-sheet quality scores in the manifest")
     clean.add_argument("dataset", type=Path)
     clean.add_argument("--out", required=True, type=Path)
-    clean.add_argument("--mode", default="mask", choices=["mask", "crop"])
+    clean.add_argument("--mode", default="mask", choices=["mask", "crop", "none"],
+                       help="mask clutter, crop to the plant, or none: copy the images, add quality scores only")
     clean.add_argument("--segmenter", default="classical", help="registered sheet segmenter")
     clean.add_argument("--workers", type=int, default=2)
     clean.add_argument("--json", action="store_true")
@@ -450,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--tta", default=None, help="test-time augmentation instead of the bundle's: none, flip, "
                                                       "flip2 (all four flips)")
+    evaluate.add_argument("--knn-fusion", type=float, default=0.0, metavar="W",
+                          help="mix W × the votes of the 5 most similar training sheets into the probabilities")
     evaluate.add_argument("--json", action="store_true")
 
     experiment = top.add_parser("experiment", help="run the paper's experiments by name, e.g. I.H255.H255")

@@ -10,6 +10,10 @@ Test rows whose species the bundle was never trained on are *not* dropped: they 
 wrong at every rank of the species metrics and are included in ``n`` (so a model cannot
 look better by being tested on fewer species), and their number is reported as
 ``unknown_species``. Their genus or family can still be right.
+
+``knn_fusion=w`` measures k-NN + classifier fusion: the class probabilities become
+``(1 − w) · softmax(logits / T) + w · kNN votes``, the votes of the 5 training sheets most
+similar in the model's own pooled features (the training rows of the same split or fold).
 """
 
 from __future__ import annotations
@@ -37,19 +41,24 @@ RANKS = ("genus", "family")
 
 def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, split: str = "test",
                     fold: int | None = None, batch_size: int = 64, device: str = "auto",
-                    workers: int = 0, amp: str = "none", tta: str | None = None) -> dict[str, Any]:
+                    workers: int = 0, amp: str = "none", tta: str | None = None,
+                    knn_fusion: float = 0.0) -> dict[str, Any]:
     """Top-1/top-5 (species), genus/family top-1 and per-species accuracy on one split.
 
     ``fold=k`` evaluates on the rows of fold ``k`` instead of a split. The bundle's own
     preprocessing is used (centre crop, as at test time during training). Top-k with
     fewer than k species is top-(number of species). ``genus_top1``/``family_top1`` are
     ``None`` unless every species of the bundle and every test row has that rank.
-    ``tta`` overrides the bundle's test-time augmentation (to measure what it adds).
+    ``tta`` overrides the bundle's test-time augmentation (to measure what it adds);
+    ``knn_fusion`` in (0, 1] mixes in k-NN votes (see the module docstring).
     """
+    if not 0.0 <= knn_fusion <= 1.0:
+        raise ValueError(f"knn_fusion must be in [0, 1], got {knn_fusion}")
     torch_device = resolve_device(device)
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=torch_device)
     bundle.model.to(torch_device)
-    frame = select_rows(load_manifest(dataset_dir), split=split, fold=fold, train=False)
+    manifest = load_manifest(dataset_dir)
+    frame = select_rows(manifest, split=split, fold=fold, train=False)
     if frame.empty:
         where = f"fold {fold}" if fold is not None else f"split {split!r}"
         raise ValueError(f"{dataset_dir}: no rows in {where} to evaluate on")
@@ -62,6 +71,13 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     tta = bundle.preprocessing.tta if tta is None else tta
     logits, targets = predict_logits(with_tta(bundle.model, tta), loader, torch_device, amp)
+    scaled = logits / bundle.temperature
+    if knn_fusion > 0:
+        reference = (select_rows(manifest, split="train") if fold is None
+                     else select_rows(manifest, fold=fold, train=True))
+        votes = knn_votes(bundle, dataset_dir, reference, loader, len(classes), torch_device, batch_size)
+        fused = (1 - knn_fusion) * F.pad(scaled.softmax(dim=1), (0, len(unknown))) + knn_fusion * votes
+        scaled = logits = torch.log(fused.clamp_min(1e-12))[:, :len(bundle.species)]
     return {
         "bundle": str(bundle.path) if bundle.path else None,
         "dataset": str(dataset_dir),
@@ -69,11 +85,29 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
         "fold": fold,
         "tta": tta,
         **species_metrics(logits, targets),
-        **{f"{rank}_top1": rank_top1(logits / bundle.temperature, frame, bundle, rank) for rank in RANKS},
+        "knn_fusion": knn_fusion,
+        **{f"{rank}_top1": rank_top1(scaled, frame, bundle, rank) for rank in RANKS},
         "unknown_species": int(sum(n not in known for n in names)),
         "unknown_species_names": unknown,
         "per_species": per_species(names, logits, targets),
     }
+
+
+def knn_votes(bundle: Bundle, dataset_dir: str | Path, reference: pd.DataFrame, test_loader: DataLoader,
+              n_classes: int, device: torch.device, batch_size: int = 64) -> torch.Tensor:
+    """k-NN class votes ``(n_test, n_classes)`` from the bundle's pooled features of the
+    ``reference`` rows (species the bundle knows) and of ``test_loader``'s images."""
+    from herbid.evaluation.baselines import knn_classify, pooled_features
+
+    names = text_column(reference, "scientificName")
+    reference = reference[names.isin(bundle.species).to_numpy()]
+    if reference.empty:
+        raise ValueError("k-NN fusion needs training rows of the bundle's species in the dataset")
+    reference_set = ManifestDataset(dataset_dir, reference, list(bundle.species), eval_transform(bundle.preprocessing))
+    reference_x = pooled_features(bundle.model, DataLoader(reference_set, batch_size=batch_size), device)
+    test_x = pooled_features(bundle.model, test_loader, device)
+    votes = knn_classify(reference_x, np.asarray(reference_set.targets), test_x, n_classes, k=5)
+    return torch.as_tensor(votes, dtype=torch.float32)
 
 
 def topk_hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:

@@ -249,9 +249,15 @@ def _check_imagenet(specs: list[ExperimentSpec], config: TrainConfig) -> None:
                               "weights; choose another --arch or a random (R) initialization")
 
 
+#: Config fields added after stages were cached: left out of the key while at this default,
+#: so a stage trained before the field existed keeps its key (and its cached result).
+KEY_ONLY_WHEN_CHANGED = {"rot90": False, "jitter": 0.0, "sample_weight": "none"}
+
+
 def config_key(config: TrainConfig) -> dict[str, Any]:
     """The part of the config that decides a stage's weights."""
-    return {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
+    return {k: v for k, v in config.to_dict().items()
+            if k not in NOT_IN_KEY and not (k in KEY_ONLY_WHEN_CHANGED and v == KEY_ONLY_WHEN_CHANGED[k])}
 
 
 def _digest(value: Any) -> str:

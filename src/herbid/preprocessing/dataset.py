@@ -3,7 +3,7 @@
 ``clean_dataset`` writes a new dataset folder whose images are the cleaned sheets
 (labels, barcodes and colour charts painted over, or the sheet cropped to the plant),
 stored exactly as a build stores images (≤1024 px copy + 256×256 copy, same JPEG
-settings). Every other manifest column is kept, including ``sha256``/``phash`` of the
+settings); mode ``"none"`` copies the images byte for byte and only adds the scores. Every other manifest column is kept, including ``sha256``/``phash`` of the
 *original* sheet and the split/fold columns, so splits and leak audits still speak about
 the original specimens and a model trained on the cleaned copy is comparable row by row.
 
@@ -48,9 +48,9 @@ def _source_image(dataset_dir: Path, row: pd.Series) -> Path:
     return dataset_dir / (large if isinstance(large, str) and large else row["image_path"])
 
 
-def _clean_one(task: tuple[str, str, str, str, str]) -> dict[str, Any]:
+def _clean_one(task: tuple[str, str, str, str, str, str]) -> dict[str, Any]:
     """Clean one sheet (a worker process): segment once, clean, score, store both copies."""
-    source, out_dir, image_id, mode, segmenter = task
+    source, small_source, out_dir, image_id, mode, segmenter = task
     out = Path(out_dir)
     large_rel = f"images/1024/{image_id[:2]}/{image_id}.jpg"
     small_rel = f"images/256/{image_id[:2]}/{image_id}.jpg"
@@ -63,12 +63,16 @@ def _clean_one(task: tuple[str, str, str, str, str]) -> dict[str, Any]:
               **{k: quality[k] for k in QUALITY_COLUMNS}}
     if (out / large_rel).is_file() and (out / small_rel).is_file():
         return record
-    cleaned = clean_sheet(rgb, mode, segmentation=segmentation)
-    for rel, copy in zip((large_rel, small_rel), resize_copies(cleaned)):
+    if mode == "none":  # scores only: the very same files
+        files = [(large_rel, Path(source).read_bytes()), (small_rel, Path(small_source).read_bytes())]
+    else:
+        cleaned = clean_sheet(rgb, mode, segmentation=segmentation)
+        files = [(rel, encode_jpeg(copy)) for rel, copy in zip((large_rel, small_rel), resize_copies(cleaned))]
+    for rel, data in files:
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(encode_jpeg(copy))
+        tmp.write_bytes(data)
         tmp.replace(path)  # the final name appears only once the file is whole
     return record
 
@@ -76,14 +80,15 @@ def _clean_one(task: tuple[str, str, str, str, str]) -> dict[str, Any]:
 def clean_dataset(dataset_dir: str | Path, out: str | Path, *, mode: CleanMode = "mask",
                   segmenter: str = "classical", workers: int = 1, progress: bool = True) -> CleanResult:
     """Write the cleaned copy of ``dataset_dir`` to ``out`` (see the module docstring)."""
-    if mode not in ("mask", "crop"):
-        raise ValueError(f"clean mode {mode!r}: expected 'mask' or 'crop'")
+    if mode not in ("mask", "crop", "none"):
+        raise ValueError(f"clean mode {mode!r}: expected 'mask', 'crop' or 'none'")
     dataset_dir, out = Path(dataset_dir), Path(out)
     if out.resolve() == dataset_dir.resolve():
         raise DatasetError("the cleaned copy needs its own folder (--out), the original is kept")
     frame = load_manifest(dataset_dir)
     get_segmenter(segmenter)  # an unknown name fails before any work
-    tasks = [(str(_source_image(dataset_dir, row)), str(out), str(row["image_id"]), mode, segmenter)
+    tasks = [(str(_source_image(dataset_dir, row)), str(dataset_dir / row["image_path"]), str(out),
+              str(row["image_id"]), mode, segmenter)
              for _, row in frame.iterrows()]
     records: list[dict[str, Any]] = []
     with progress_bar(f"cleaning ({mode})", len(tasks), enabled=progress) as advance:

@@ -7,8 +7,9 @@ one number in [0, 1]:
 
 * **blur** — variance of the Laplacian of the grey image (high for crisp edges),
   squashed to [0, 1] by ``v / (v + BLUR_SCALE)``; 1 means sharp;
-* **exposure** — share of clipped pixels (near black or near white) and mean brightness;
-  a well-exposed sheet is bright paper with little clipping;
+* **exposure** — mean brightness and the share of clipped (near black or near white)
+  *plant* pixels: a burnt-out or drowned plant has lost its detail, while a scanner bed
+  rendered pure white (or a dark table around a photographed sheet) has not lost any;
 * **plant_fraction** — share of the sheet covered by the segmenter's plant mask; a sheet
   without plant teaches a classifier nothing about the species.
 
@@ -51,15 +52,18 @@ def blur_score(grey: np.ndarray) -> tuple[float, float]:
     return variance, variance / (variance + BLUR_SCALE)
 
 
-def exposure_stats(grey: np.ndarray) -> dict[str, float]:
+def exposure_stats(grey: np.ndarray, plant_mask: np.ndarray | None = None) -> dict[str, float]:
     """Clipped-pixel shares, mean brightness and the combined exposure score in [0, 1].
 
     ``exposure = brightness_term * clipping_term`` where ``brightness_term`` falls
     linearly from 1 at :data:`TARGET_BRIGHTNESS` to 0 at a distance of 0.5, and
     ``clipping_term`` falls linearly from 1 (nothing clipped) to 0 (a quarter clipped).
+    Clipping is measured on the pixels of ``plant_mask`` (same shape as ``grey``) when it
+    marks any, else on the whole image: many good scans have a clipped white background.
     """
-    dark = float((grey <= DARK_CLIP).mean())
-    bright = float((grey >= BRIGHT_CLIP).mean())
+    region = grey[plant_mask] if plant_mask is not None and plant_mask.any() else grey
+    dark = float((region <= DARK_CLIP).mean())
+    bright = float((region >= BRIGHT_CLIP).mean())
     mean = float(grey.mean() / 255.0)
     brightness_term = float(np.clip(1.0 - abs(mean - TARGET_BRIGHTNESS) / 0.5, 0.0, 1.0))
     clipping_term = float(np.clip(1.0 - (dark + bright) / 0.25, 0.0, 1.0))
@@ -69,6 +73,14 @@ def exposure_stats(grey: np.ndarray) -> dict[str, float]:
         "mean_brightness": mean,
         "exposure": brightness_term * clipping_term,
     }
+
+
+def _mask_like(mask: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    """``mask`` resampled (nearest) to ``grey``'s shape."""
+    if mask.shape == grey.shape:
+        return mask
+    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((grey.shape[1], grey.shape[0]), Image.Resampling.NEAREST)
+    return np.asarray(image) > 127
 
 
 def sheet_quality(image: Image.Image, segmentation: SheetSegmentation | None = None) -> dict[str, float]:
@@ -81,9 +93,9 @@ def sheet_quality(image: Image.Image, segmentation: SheetSegmentation | None = N
     """
     grey = _grey(image)
     variance, blur = blur_score(grey)
-    exposure = exposure_stats(grey)
     seg = segmentation if segmentation is not None else get_segmenter("classical").segment(image)
     plant_fraction = float(seg.plant_mask.mean()) if seg.plant_mask.size else 0.0
+    exposure = exposure_stats(grey, _mask_like(seg.plant_mask, grey) if seg.plant_mask.size else None)
     plant_score = min(1.0, plant_fraction / FULL_PLANT_FRACTION)
     quality = float((blur * exposure["exposure"] * plant_score) ** (1.0 / 3.0))
     return {

@@ -20,7 +20,8 @@ import yaml
 from herbid.data.folder import atomic_path
 
 CONFIG_YAML = "config.yaml"
-HEAD_INITS = ("random", "linear-probe")
+HEAD_INITS = ("random", "linear-probe", "bn-linear-probe")
+SAMPLE_WEIGHTS = ("none", "quality")
 
 
 class ConfigError(ValueError):
@@ -57,11 +58,19 @@ class TrainConfig:
     hflip: bool = True
     #: Also mirror top/bottom (with hflip: the four flips of the sheet, incl. 180° turns).
     vflip: bool = False
+    #: Also turn crops by 90° (with both flips: all eight symmetries of the square).
+    rot90: bool = False
+    #: > 0: scanner-like brightness / contrast / channel-gain changes of up to ± this.
+    jitter: float = 0.0
+    #: "none", or "quality": weight each training sheet's loss by the manifest's
+    #: ``quality`` column (written by ``herbid dataset clean``; see herbid.preprocessing.quality).
+    sample_weight: str = "none"
     #: Test-time augmentation, stored in the bundle (see herbid.models.tta.TTA_VIEWS).
     tta: str = "none"
     #: "random": a new classifier as in the paper. "linear-probe": first fit logistic
     #: regression on the frozen features of the training images and start from it
     #: (LP-FT, Kumar et al. 2022), so fine-tuning does not wreck the features early on.
+    #: "bn-linear-probe": the same after re-estimating BatchNorm statistics on those images.
     head_init: str = "random"
     #: > 0: add this weight × the cross-entropy of the genus and family implied by the
     #: species probabilities (ranks known for every species and not all equal).
@@ -207,6 +216,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}"),
         (config.tta in TTA_VIEWS, f"tta must be one of {sorted(TTA_VIEWS)}"),
         (config.head_init in HEAD_INITS, f"head_init must be one of {sorted(HEAD_INITS)}"),
+        (config.sample_weight in SAMPLE_WEIGHTS, f"sample_weight must be one of {sorted(SAMPLE_WEIGHTS)}"),
+        (0.0 <= config.jitter < 1.0, "jitter must be in [0, 1)"),
         (config.max_steps_per_epoch is None or config.max_steps_per_epoch >= 0, "max_steps_per_epoch must be >= 0"),
     ]
     problems = [message for ok, message in checks if not ok]

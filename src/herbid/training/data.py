@@ -55,17 +55,45 @@ def load_image(dataset_dir: Path, image_path: str, large_image_path: str | None,
 # -------------------------------------------------------------------- transforms
 
 
-def _to_normalized_tensor(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    """HWC uint8 → CHW float32 ``(x / 255 − mean) / std`` (torchvision's ToTensor + Normalize).
+def _to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """HWC uint8 → CHW float32 in [0, 1].
 
     Done in numpy: in a loader worker torch's element-wise kernels pay thread-pool
     overhead that costs more than the arithmetic on one image (10× slower measured).
     """
     chw = np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32)
     chw /= np.float32(255.0)
+    return chw
+
+
+def _normalized(chw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     chw -= mean
     chw /= std
     return torch.from_numpy(chw)
+
+
+def _to_normalized_tensor(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """HWC uint8 → CHW float32 ``(x / 255 − mean) / std`` (torchvision's ToTensor + Normalize)."""
+    return _normalized(_to_unit_float(pixels), mean, std)
+
+
+def scanner_jitter(chw: np.ndarray, rng: random.Random, strength: float) -> np.ndarray:
+    """Brightness, contrast and per-channel gain changes of up to ±``strength`` (gains ±half
+    of it), in place on a CHW float image in [0, 1]: the variation between scanners and
+    cameras, not the hue shifts of generic colour jitter (a sheet's colours carry species
+    information: flower colour, leaf colour of the dried plant).
+    """
+    brightness = 1.0 + rng.uniform(-strength, strength)
+    contrast = 1.0 + rng.uniform(-strength, strength)
+    gains = np.asarray([1.0 + rng.uniform(-strength / 2, strength / 2) for _ in range(3)],
+                       dtype=np.float32).reshape(3, 1, 1)
+    level = np.float32(chw.mean())
+    chw -= level
+    chw *= np.float32(contrast)
+    chw += level
+    chw *= gains * np.float32(brightness)
+    np.clip(chw, 0.0, 1.0, out=chw)
+    return chw
 
 
 @dataclass(frozen=True)
@@ -80,18 +108,22 @@ class _Normalize:
 
 class TrainTransform:
     """Random ``input_size`` crop of the ``resize_size`` image, random mirror, normalise
-    (Caffe's default ``crop_size`` + ``mirror`` augmentation used by the paper).
+    (Caffe's default ``crop_size`` + ``mirror`` augmentation used by the paper), optionally
+    with vertical flips, quarter turns and scanner-like colour changes.
 
-    ``rng`` makes the draw reproducible per sample; without one a fresh RNG is used.
+    ``rng`` makes the draw reproducible per sample; without one a fresh RNG is used. Each
+    optional augmentation draws from it only when enabled, so a config without it replays
+    exactly the crops and flips of older runs.
     """
 
     uses_rng = True
 
     def __init__(self, input_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float],
-                 hflip: bool = True, vflip: bool = False) -> None:
+                 hflip: bool = True, vflip: bool = False, rot90: bool = False, jitter: float = 0.0) -> None:
         if input_size > resize_size:
             raise ValueError(f"input_size {input_size} is larger than resize_size {resize_size}")
         self.input_size, self.resize_size, self.hflip, self.vflip = input_size, resize_size, hflip, vflip
+        self.rot90, self.jitter = rot90, jitter
         self.mean, self.std = _Normalize(tuple(mean), tuple(std)).arrays()
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
@@ -103,13 +135,18 @@ class TrainTransform:
         pixels = pixels[top:top + self.input_size, left:left + self.input_size]
         if self.hflip and rng.random() < 0.5:
             pixels = pixels[:, ::-1]
-        # drawn only when enabled, so configs without vflip replay the same augmentations
         if self.vflip and rng.random() < 0.5:
             pixels = pixels[::-1]
-        return _to_normalized_tensor(pixels, self.mean, self.std)
+        if self.rot90 and rng.random() < 0.5:
+            pixels = np.rot90(pixels)  # square crop: the shape is kept
+        chw = _to_unit_float(pixels)
+        if self.jitter > 0:
+            scanner_jitter(chw, rng, self.jitter)
+        return _normalized(chw, self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"TrainTransform(crop {self.input_size} of {self.resize_size}, hflip={self.hflip}, vflip={self.vflip})"
+        return (f"TrainTransform(crop {self.input_size} of {self.resize_size}, hflip={self.hflip}, "
+                f"vflip={self.vflip}, rot90={self.rot90}, jitter={self.jitter})")
 
 
 class EvalTransform:
@@ -150,9 +187,10 @@ def resolved_sizes(preprocessing: Preprocessing, input_size: int | None, resize_
 
 
 def train_transform(preprocessing: Preprocessing, input_size: int | None = None, resize_size: int | None = None,
-                    hflip: bool = True, vflip: bool = False) -> TrainTransform:
+                    hflip: bool = True, vflip: bool = False, rot90: bool = False,
+                    jitter: float = 0.0) -> TrainTransform:
     size, resize = resolved_sizes(preprocessing, input_size, resize_size)
-    return TrainTransform(size, resize, preprocessing.mean, preprocessing.std, hflip, vflip)
+    return TrainTransform(size, resize, preprocessing.mean, preprocessing.std, hflip, vflip, rot90, jitter)
 
 
 def eval_transform(preprocessing: Preprocessing, input_size: int | None = None,
@@ -165,7 +203,8 @@ def eval_transform(preprocessing: Preprocessing, input_size: int | None = None,
 
 
 class ManifestDataset(Dataset):
-    """``(image tensor, class index)`` for the rows of ``frame``.
+    """``(image tensor, class index)`` for the rows of ``frame``; with ``weights`` (one per
+    row) ``(image tensor, class index, weight)``.
 
     Keys may be plain indices or ``(index, seed)`` pairs (see :class:`SeededBatchSampler`);
     with a seed, the transform's randomness comes from that seed alone. Rows are kept as
@@ -173,8 +212,11 @@ class ManifestDataset(Dataset):
     """
 
     def __init__(self, dataset_dir: str | Path, frame: pd.DataFrame, species: list[str],
-                 transform: Callable[..., torch.Tensor]) -> None:
+                 transform: Callable[..., torch.Tensor], weights: Sequence[float] | None = None) -> None:
         self.dataset_dir = Path(dataset_dir)
+        if weights is not None and len(weights) != len(frame):
+            raise ValueError(f"{len(weights)} sample weights for {len(frame)} rows")
+        self.weights = None if weights is None else [float(w) for w in weights]
         self.transform = transform
         self.species = list(species)
         index = {name: i for i, name in enumerate(self.species)}
@@ -193,9 +235,11 @@ class ManifestDataset(Dataset):
     def load(self, index: int) -> Image.Image:
         return load_image(self.dataset_dir, self.image_paths[index], self.large_image_paths[index], self.resize_size)
 
-    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, float]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.load(index)
+        if self.weights is not None:
+            return self._apply(image, seed), self.targets[index], self.weights[index]
         return self._apply(image, seed), self.targets[index]
 
     def _apply(self, image: Image.Image, seed: int | None) -> torch.Tensor:
@@ -274,6 +318,17 @@ class ShardSampler(Sampler[int]):
 
 
 # --------------------------------------------------------------------- selection
+
+
+def quality_weights(frame: pd.DataFrame) -> list[float]:
+    """Per-row sample weights from the manifest's ``quality`` column (``herbid dataset clean``)."""
+    if "quality" not in frame.columns:
+        raise ValueError("sample_weight=quality needs a 'quality' column in the manifest; add it with "
+                         "`herbid dataset clean DATASET --out SCORED --mode none` and train on SCORED")
+    values = pd.to_numeric(frame["quality"], errors="coerce")
+    if values.isna().any():
+        raise ValueError(f"{int(values.isna().sum())} training rows have no quality score")
+    return values.clip(lower=0.0, upper=1.0).tolist()
 
 
 def species_and_taxonomy(frame: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, str | None]]]:

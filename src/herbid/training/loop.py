@@ -135,7 +135,7 @@ def _assemble(config: TrainConfig, context: DistContext, device: torch.device) -
     preprocessing = effective_preprocessing(model, config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    if config.head_init == "linear-probe" and not (config.resume and (Path(config.out) / CHECKPOINT).exists()):
+    if config.head_init in ("linear-probe", "bn-linear-probe") and not (config.resume and (Path(config.out) / CHECKPOINT).exists()):
         probe = init_head_from_probe(model, config, splits, preprocessing, device)
         init.note = "; ".join(filter(None, [init.note, f"classifier from a linear probe on {probe['images']} "
                                                        "training images (LP-FT)"]))
@@ -209,12 +209,13 @@ def _train_epoch(run: _Run, epoch: int, progress: TrainProgress, hooks: TrainHoo
     lr = run.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     step = 0
-    for images, targets in run.loaders.train:
-        images = images.to(run.device, non_blocking=True, memory_format=memory_format)
-        targets = targets.to(run.device, non_blocking=True)
+    for batch in run.loaders.train:
+        images = batch[0].to(run.device, non_blocking=True, memory_format=memory_format)
+        targets = batch[1].to(run.device, non_blocking=True)
+        sample_weights = batch[2].to(run.device, non_blocking=True) if len(batch) > 2 else None
         with autocast(run.config.amp, run.device):
             logits = run.net(images)
-            loss = run.criterion(logits, targets)
+            loss = run.criterion(logits, targets, sample_weights)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)

@@ -28,15 +28,19 @@ def rank_groups(species: list[str], taxonomy: dict[str, dict[str, str | None]], 
 
 
 class HierarchicalLoss(nn.Module):
-    """``CE(species) + weight · Σ_ranks CE(rank marginal)`` (label smoothing on species)."""
+    """``CE(species) + weight · Σ_ranks CE(rank marginal)`` (label smoothing on species).
+
+    With ``weight=0`` it is plain cross-entropy. ``sample_weights`` (one per sample) make
+    the batch loss a weighted mean.
+    """
 
     def __init__(self, species: list[str], taxonomy: dict[str, dict[str, str | None]], *, weight: float,
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.weight = weight
-        self.species_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.label_smoothing = label_smoothing
         self.ranks: list[str] = []
-        for rank in RANKS:
+        for rank in RANKS if weight > 0 else ():
             groups = rank_groups(species, taxonomy, rank)
             if groups is not None:
                 self.ranks.append(rank)
@@ -46,21 +50,22 @@ class HierarchicalLoss(nn.Module):
                 member = groups.unsqueeze(1) == torch.arange(int(groups.max()) + 1).unsqueeze(0)
                 self.register_buffer(f"{rank}_log_mask", torch.zeros(member.shape).masked_fill(~member, float("-inf")))
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = self.species_loss(logits, targets)
-        if not self.ranks or self.weight == 0:
-            return loss
-        log_probs = F.log_softmax(logits.float(), dim=1)
-        for rank in self.ranks:
-            groups, log_mask = getattr(self, f"{rank}_of_species"), getattr(self, f"{rank}_log_mask")
-            group_log_probs = torch.logsumexp(log_probs.unsqueeze(2) + log_mask.unsqueeze(0), dim=1)
-            loss = loss + self.weight * F.nll_loss(group_log_probs, groups[targets])
-        return loss
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
+                sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="none")
+        if self.ranks:
+            log_probs = F.log_softmax(logits.float(), dim=1)
+            for rank in self.ranks:
+                groups, log_mask = getattr(self, f"{rank}_of_species"), getattr(self, f"{rank}_log_mask")
+                group_log_probs = torch.logsumexp(log_probs.unsqueeze(2) + log_mask.unsqueeze(0), dim=1)
+                loss = loss + self.weight * F.nll_loss(group_log_probs, groups[targets], reduction="none")
+        if sample_weights is None:
+            return loss.mean()
+        sample_weights = sample_weights.to(loss)
+        return (loss * sample_weights).sum() / sample_weights.sum().clamp_min(1e-12)
 
 
 def make_criterion(species: list[str], taxonomy: dict[str, dict[str, str | None]], *, label_smoothing: float,
                    taxonomy_weight: float) -> nn.Module:
-    """Plain cross-entropy, or the hierarchical loss when ``taxonomy_weight`` > 0."""
-    if taxonomy_weight > 0:
-        return HierarchicalLoss(species, taxonomy, weight=taxonomy_weight, label_smoothing=label_smoothing)
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    """The species loss: cross-entropy, with the rank terms when ``taxonomy_weight`` > 0."""
+    return HierarchicalLoss(species, taxonomy, weight=taxonomy_weight, label_smoothing=label_smoothing)

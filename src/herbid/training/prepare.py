@@ -23,7 +23,7 @@ from herbid.data.splits import TEST, assign_splits
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
 from herbid.models.registry import create_model
 from herbid.training.config import TrainConfig
-from herbid.training.data import (ManifestDataset, SeededBatchSampler, ShardSampler, eval_transform,
+from herbid.training.data import (ManifestDataset, SeededBatchSampler, ShardSampler, eval_transform, quality_weights,
                                   resolved_sizes, select_rows, species_and_taxonomy, train_transform)
 from herbid.training.distributed import DistContext
 
@@ -91,11 +91,41 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[HerbidModel, Ini
 HEAD_INIT_STD_FLOOR = 0.5
 
 
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device,
+                          memory_format: torch.memory_format = torch.contiguous_format) -> int:
+    """Re-estimate every BatchNorm layer's running mean and variance on ``loader``'s images
+    (AdaBN, Li et al. 2016); nothing else changes. Returns the number of layers updated.
+
+    ImageNet statistics at 224 px differ from those of herbarium sheets at 448 px, so the
+    features a network computes in train mode (batch statistics) differ from its eval-mode
+    features; a head fitted on the latter starts fine-tuning with a large, misleading loss.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return 0
+    was_training = model.training
+    momenta = [layer.momentum for layer in layers]
+    model.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over all batches
+        layer.train()
+    with torch.no_grad():
+        for images, _ in loader:
+            model(images.to(device, memory_format=memory_format))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    model.train(was_training)
+    return len(layers)
+
+
 def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits, preprocessing: Preprocessing,
                          device: torch.device) -> dict[str, Any]:
     """Set the classifier to a logistic regression fitted on the frozen features of the
     training images (eval transform, no augmentation): LP-FT's first step.
 
+    With ``head_init="bn-linear-probe"`` the BatchNorm statistics are first re-estimated on
+    the same images, so the probe sees the features that training will compute.
     The probe standardises features; the standardisation is folded into the linear layer,
     so the model is unchanged in form. Returns a small record for the run's provenance.
     """
@@ -103,11 +133,14 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
 
     head = model.get_classifier()
     if not isinstance(head, nn.Linear):
-        raise ValueError(f"head_init=linear-probe needs a linear classifier; {config.arch} has "
+        raise ValueError(f"head_init={config.head_init} needs a linear classifier; {config.arch} has "
                          f"{type(head).__name__}")
     dataset = ManifestDataset(config.dataset, splits.train, splits.species, eval_transform(preprocessing))
     loader = DataLoader(dataset, batch_size=config.batch_size * 2, shuffle=False, num_workers=0)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    recalibrated = 0
+    if config.head_init == "bn-linear-probe":
+        recalibrated = recalibrate_batchnorm(model, loader, device, memory_format)
     features = pooled_features(model, loader, device, memory_format)
     probe = fit_logistic_regression(features, np.asarray(dataset.targets), len(splits.species),
                                     l2=DEFAULT_L2, std_floor=HEAD_INIT_STD_FLOOR)
@@ -116,7 +149,8 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight))
         head.bias.copy_(bias.to(head.bias))
-    return {"head_init": "linear-probe", "images": len(dataset), "l2": DEFAULT_L2}
+    return {"head_init": config.head_init, "images": len(dataset), "l2": DEFAULT_L2,
+            "batchnorm_recalibrated": recalibrated}
 
 
 def effective_preprocessing(model: HerbidModel, config: TrainConfig) -> Preprocessing:
@@ -192,8 +226,10 @@ def make_loaders(config: TrainConfig, splits: Splits, preprocessing: Preprocessi
     """The training loader (seeded order and augmentation, sharded by DistributedSampler)
     and the evaluation loaders (sharded without padding)."""
     size, resize = preprocessing.input_size, preprocessing.resize_size
+    weights = quality_weights(splits.train) if config.sample_weight == "quality" else None
     train_set = ManifestDataset(config.dataset, splits.train, splits.species,
-                                train_transform(preprocessing, size, resize, config.hflip, config.vflip))
+                                train_transform(preprocessing, size, resize, config.hflip, config.vflip,
+                                                config.rot90, config.jitter), weights=weights)
     order = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank,
                                shuffle=True, seed=config.seed, drop_last=False)
     batches = SeededBatchSampler(order, config.batch_size, config.seed, config.max_steps_per_epoch)
