@@ -7,7 +7,8 @@
 * **preprocess only**: ``Identifier.sheet_tensor`` over the same files in the same thread
   pool, no model: where the time of the end-to-end number goes.
 * **bare model**: ``torch.no_grad()`` forward passes over pre-made tensors of the same
-  shape and batch size: the ceiling that the model alone allows.
+  shape and batch size, with the bundle's test-time augmentation (a flip-TTA bundle runs
+  the model twice per sheet in both): the ceiling that the model alone allows.
 
 Sheets come from ``--data`` (default ``../shared/data/harvard-herbaria`` when present,
 real 1437×1920 scans; else generated synthetic 1000×1500 sheets). Without ``--bundle`` a
@@ -35,6 +36,7 @@ import torch
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.identification import Identifier, find_images, identify_paths
 from herbid.models.registry import create_model
+from herbid.models.tta import with_tta
 from herbid.training.bundle import save_bundle
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "harvard-herbaria"
@@ -84,7 +86,7 @@ def time_preprocess(identifier: Identifier, folder: Path, workers: int) -> float
 
 def time_bare(identifier: Identifier, n: int, batch_size: int) -> float:
     size = identifier.bundle.preprocessing.input_size
-    model = identifier.bundle.model
+    model = with_tta(identifier.bundle.model, identifier.bundle.preprocessing.tta)
     batches = [torch.randn(min(batch_size, n - i), 3, size, size) for i in range(0, n, batch_size)]
     device = identifier.device
     with torch.no_grad():
@@ -121,7 +123,7 @@ def main() -> None:
         n = len(find_images([folder]))
         workers = args.workers or min(4, torch.multiprocessing.cpu_count())
         print(f"{n} sheets from {label}; {identifier.bundle.arch} "
-              f"({identifier.bundle.preprocessing.input_size}px), batch {args.batch_size}, {workers} decoding threads, "
+              f"({identifier.bundle.preprocessing.input_size}px, tta {identifier.bundle.preprocessing.tta}), batch {args.batch_size}, {workers} decoding threads, "
               f"{torch.get_num_threads()} torch threads, device {identifier.device}")
         rounds: dict[str, list[float]] = {"bare": [], "herbid": [], "preprocess": []}
         for r in range(args.repeat):
