@@ -256,6 +256,8 @@ def test_bn_linear_probe_head_fits_the_training_images(dataset: Path, tmp_path: 
     result = train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "bnlp"), epochs=0,
                                head_init="bn-linear-probe", **SMALL), progress=False)
     assert evaluate_bundle(result.bundle_dir, dataset, split="train", device="cpu")["top1"] >= 0.9
+    note = load_bundle(result.bundle_dir).provenance["init"]["note"]
+    assert "linear probe on 16 training images, BatchNorm statistics re-estimated on them" in note
 
 
 def test_sample_weights_make_a_weighted_mean() -> None:

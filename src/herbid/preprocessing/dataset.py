@@ -3,9 +3,10 @@
 ``clean_dataset`` writes a new dataset folder whose images are the cleaned sheets
 (labels, barcodes and colour charts painted over, or the sheet cropped to the plant),
 stored exactly as a build stores images (≤1024 px copy + 256×256 copy, same JPEG
-settings); mode ``"none"`` copies the images byte for byte and only adds the scores. Every other manifest column is kept, including ``sha256``/``phash`` of the
-*original* sheet and the split/fold columns, so splits and leak audits still speak about
-the original specimens and a model trained on the cleaned copy is comparable row by row.
+settings); mode ``"none"`` copies the images byte for byte and only adds the scores.
+Every other manifest column is kept, including ``sha256``/``phash`` of the *original*
+sheet and the split/fold columns, so splits and leak audits still speak about the original
+specimens and a model trained on the cleaned copy is comparable row by row.
 
 The same pass adds the quality columns of :func:`sheet_quality` (``quality``, ``blur``,
 ``exposure``, ``plant_fraction``). It is resumable: an image already written is not

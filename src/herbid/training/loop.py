@@ -135,10 +135,11 @@ def _assemble(config: TrainConfig, context: DistContext, device: torch.device) -
     preprocessing = effective_preprocessing(model, config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    if config.head_init in ("linear-probe", "bn-linear-probe") and not (config.resume and (Path(config.out) / CHECKPOINT).exists()):
+    if config.head_init != "random" and not (config.resume and (Path(config.out) / CHECKPOINT).exists()):
         probe = init_head_from_probe(model, config, splits, preprocessing, device)
+        adapted = ", BatchNorm statistics re-estimated on them" if probe["batchnorm_recalibrated"] else ""
         init.note = "; ".join(filter(None, [init.note, f"classifier from a linear probe on {probe['images']} "
-                                                       "training images (LP-FT)"]))
+                                                       f"training images{adapted} (LP-FT)"]))
     net: nn.Module = model
     if context.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
