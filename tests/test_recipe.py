@@ -207,6 +207,24 @@ def test_rot90_turns_some_crops_and_replays_older_configs() -> None:
     assert 0 < turned < 16
 
 
+def test_zoom_crops_cover_at_least_the_minimum_area() -> None:
+    # a sheet whose pixel values encode their column: a crop's value range gives its width
+    columns = np.tile(np.arange(100, dtype=np.uint8), (100, 1))
+    image = Image.fromarray(np.stack([columns] * 3, axis=2))
+    zoom = TrainTransform(50, 100, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), hflip=False, min_crop_area=0.5)
+    widths = []
+    for seed in range(20):
+        out = zoom(image, random.Random(seed))
+        assert out.shape == (3, 50, 50)
+        widths.append(float(out[0, 0, -1] - out[0, 0, 0]) * 255 + 1)  # source columns spanned
+    assert min(widths) >= np.sqrt(0.5) * 100 - 3 and max(widths) <= 100
+    assert max(widths) - min(widths) > 5  # the zoom varies
+    plain = TrainTransform(50, 100, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), hflip=False)
+    for seed in range(5):
+        out = plain(image, random.Random(seed))
+        assert round(float(out[0, 0, -1] - out[0, 0, 0]) * 255) == 49  # a fixed 50-column crop
+
+
 def test_scanner_jitter_is_bounded_and_seeded() -> None:
     from herbid.training.data import scanner_jitter
 
@@ -296,6 +314,6 @@ def test_new_config_fields_keep_old_stage_keys() -> None:
     from herbid.experiments.runner import config_key
 
     base = config_key(TrainConfig())
-    assert "rot90" not in base and "jitter" not in base and "sample_weight" not in base
+    assert not {"rot90", "jitter", "sample_weight", "min_crop_area"} & set(base)
     assert config_key(TrainConfig(rot90=True))["rot90"] is True
     assert config_key(TrainConfig(jitter=0.1))["jitter"] == 0.1

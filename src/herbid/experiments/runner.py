@@ -251,7 +251,7 @@ def _check_imagenet(specs: list[ExperimentSpec], config: TrainConfig) -> None:
 
 #: Config fields added after stages were cached: left out of the key while at this default,
 #: so a stage trained before the field existed keeps its key (and its cached result).
-KEY_ONLY_WHEN_CHANGED = {"rot90": False, "jitter": 0.0, "sample_weight": "none"}
+KEY_ONLY_WHEN_CHANGED = {"rot90": False, "jitter": 0.0, "sample_weight": "none", "min_crop_area": 0.0}
 
 
 def config_key(config: TrainConfig) -> dict[str, Any]:

@@ -62,6 +62,9 @@ class TrainConfig:
     rot90: bool = False
     #: > 0: scanner-like brightness / contrast / channel-gain changes of up to ± this.
     jitter: float = 0.0
+    #: > 0: train on random squares covering at least this share of the sheet, resized to
+    #: input_size (zooming in), instead of fixed input_size crops.
+    min_crop_area: float = 0.0
     #: "none", or "quality": weight each training sheet's loss by the manifest's
     #: ``quality`` column (written by ``herbid dataset clean``; see herbid.preprocessing.quality).
     sample_weight: str = "none"
@@ -218,6 +221,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.head_init in HEAD_INITS, f"head_init must be one of {sorted(HEAD_INITS)}"),
         (config.sample_weight in SAMPLE_WEIGHTS, f"sample_weight must be one of {sorted(SAMPLE_WEIGHTS)}"),
         (0.0 <= config.jitter < 1.0, "jitter must be in [0, 1)"),
+        (0.0 <= config.min_crop_area <= 1.0, "min_crop_area must be in [0, 1]"),
         (config.max_steps_per_epoch is None or config.max_steps_per_epoch >= 0, "max_steps_per_epoch must be >= 0"),
     ]
     problems = [message for ok, message in checks if not ok]

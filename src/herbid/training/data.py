@@ -12,6 +12,7 @@ Reproducibility is designed in rather than hoped for:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -109,7 +110,9 @@ class _Normalize:
 class TrainTransform:
     """Random ``input_size`` crop of the ``resize_size`` image, random mirror, normalise
     (Caffe's default ``crop_size`` + ``mirror`` augmentation used by the paper), optionally
-    with vertical flips, quarter turns and scanner-like colour changes.
+    with vertical flips, quarter turns and scanner-like colour changes. With
+    ``min_crop_area`` > 0 the crop is instead a random square covering that share of the
+    image or more, resized to ``input_size`` (a zoom in on part of the sheet).
 
     ``rng`` makes the draw reproducible per sample; without one a fresh RNG is used. Each
     optional augmentation draws from it only when enabled, so a config without it replays
@@ -119,20 +122,17 @@ class TrainTransform:
     uses_rng = True
 
     def __init__(self, input_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float],
-                 hflip: bool = True, vflip: bool = False, rot90: bool = False, jitter: float = 0.0) -> None:
+                 hflip: bool = True, vflip: bool = False, rot90: bool = False, jitter: float = 0.0,
+                 min_crop_area: float = 0.0) -> None:
         if input_size > resize_size:
             raise ValueError(f"input_size {input_size} is larger than resize_size {resize_size}")
         self.input_size, self.resize_size, self.hflip, self.vflip = input_size, resize_size, hflip, vflip
-        self.rot90, self.jitter = rot90, jitter
+        self.rot90, self.jitter, self.min_crop_area = rot90, jitter, min_crop_area
         self.mean, self.std = _Normalize(tuple(mean), tuple(std)).arrays()
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         rng = rng or random.Random()
-        pixels = np.asarray(image)
-        height, width = pixels.shape[:2]
-        top = rng.randint(0, height - self.input_size)
-        left = rng.randint(0, width - self.input_size)
-        pixels = pixels[top:top + self.input_size, left:left + self.input_size]
+        pixels = self._zoomed(image, rng) if self.min_crop_area > 0 else self._cropped(np.asarray(image), rng)
         if self.hflip and rng.random() < 0.5:
             pixels = pixels[:, ::-1]
         if self.vflip and rng.random() < 0.5:
@@ -144,9 +144,24 @@ class TrainTransform:
             scanner_jitter(chw, rng, self.jitter)
         return _normalized(chw, self.mean, self.std)
 
+    def _cropped(self, pixels: np.ndarray, rng: random.Random) -> np.ndarray:
+        height, width = pixels.shape[:2]
+        top = rng.randint(0, height - self.input_size)
+        left = rng.randint(0, width - self.input_size)
+        return pixels[top:top + self.input_size, left:left + self.input_size]
+
+    def _zoomed(self, image: Image.Image, rng: random.Random) -> np.ndarray:
+        width, height = image.size
+        side = max(1, round(math.sqrt(rng.uniform(self.min_crop_area, 1.0)) * min(width, height)))
+        top = rng.randint(0, height - side)
+        left = rng.randint(0, width - side)
+        crop = image.crop((left, top, left + side, top + side))
+        return np.asarray(crop.resize((self.input_size, self.input_size), Image.BILINEAR))
+
     def __repr__(self) -> str:
         return (f"TrainTransform(crop {self.input_size} of {self.resize_size}, hflip={self.hflip}, "
-                f"vflip={self.vflip}, rot90={self.rot90}, jitter={self.jitter})")
+                f"vflip={self.vflip}, rot90={self.rot90}, jitter={self.jitter}, "
+                f"min_crop_area={self.min_crop_area})")
 
 
 class EvalTransform:
@@ -188,9 +203,10 @@ def resolved_sizes(preprocessing: Preprocessing, input_size: int | None, resize_
 
 def train_transform(preprocessing: Preprocessing, input_size: int | None = None, resize_size: int | None = None,
                     hflip: bool = True, vflip: bool = False, rot90: bool = False,
-                    jitter: float = 0.0) -> TrainTransform:
+                    jitter: float = 0.0, min_crop_area: float = 0.0) -> TrainTransform:
     size, resize = resolved_sizes(preprocessing, input_size, resize_size)
-    return TrainTransform(size, resize, preprocessing.mean, preprocessing.std, hflip, vflip, rot90, jitter)
+    return TrainTransform(size, resize, preprocessing.mean, preprocessing.std, hflip, vflip, rot90, jitter,
+                          min_crop_area)
 
 
 def eval_transform(preprocessing: Preprocessing, input_size: int | None = None,

@@ -229,7 +229,7 @@ def make_loaders(config: TrainConfig, splits: Splits, preprocessing: Preprocessi
     weights = quality_weights(splits.train) if config.sample_weight == "quality" else None
     train_set = ManifestDataset(config.dataset, splits.train, splits.species,
                                 train_transform(preprocessing, size, resize, config.hflip, config.vflip,
-                                                config.rot90, config.jitter), weights=weights)
+                                                config.rot90, config.jitter, config.min_crop_area), weights=weights)
     order = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank,
                                shuffle=True, seed=config.seed, drop_last=False)
     batches = SeededBatchSampler(order, config.batch_size, config.seed, config.max_steps_per_epoch)
