@@ -52,15 +52,17 @@ class HierarchicalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="none")
+        # without weights: torch's own mean reduction, bit-identical to earlier runs
+        reduction = "mean" if sample_weights is None else "none"
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction=reduction)
         if self.ranks:
             log_probs = F.log_softmax(logits.float(), dim=1)
             for rank in self.ranks:
                 groups, log_mask = getattr(self, f"{rank}_of_species"), getattr(self, f"{rank}_log_mask")
                 group_log_probs = torch.logsumexp(log_probs.unsqueeze(2) + log_mask.unsqueeze(0), dim=1)
-                loss = loss + self.weight * F.nll_loss(group_log_probs, groups[targets], reduction="none")
+                loss = loss + self.weight * F.nll_loss(group_log_probs, groups[targets], reduction=reduction)
         if sample_weights is None:
-            return loss.mean()
+            return loss
         sample_weights = sample_weights.to(loss)
         return (loss * sample_weights).sum() / sample_weights.sum().clamp_min(1e-12)
 
