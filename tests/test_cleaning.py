@@ -98,6 +98,15 @@ def test_crop_mode_contains_plant(sheets) -> None:
         assert max(crop.size) / min(crop.size) <= 2.0 + 1e-6
 
 
+def test_crop_mode_pads_to_the_training_aspect(sheets) -> None:
+    for image, _, seg in sheets:
+        crop = clean_sheet(image, mode="crop", aspect=1.4, segmentation=seg)
+        px0, py0, px1, py1 = seg.plant_box
+        assert crop.height / crop.width == pytest.approx(1.4, abs=0.02)
+        # padded, never cut: the whole plant box still fits
+        assert crop.width >= px1 - px0 and crop.height >= py1 - py0
+
+
 def test_none_mode_and_unknown_names(sheets) -> None:
     image = sheets[0][0]
     assert clean_sheet(image, mode="none") is image
@@ -185,6 +194,11 @@ def test_clean_dataset_keeps_rows_and_adds_quality(tmp_path) -> None:
         assert a.shape == b.shape
         changed += (np.abs(a - b) > 40).mean() > 0.002  # some clutter painted over
     assert changed >= 5  # a sheet may come without label (SheetStyle.sample draws it)
+    # other pixels, so another manifest hash (no shared cached stages or provenance)
+    from herbid.data.folder import manifest_hash
+
+    assert manifest_hash(tmp_path / "clean") != manifest_hash(built)
+    assert cleaned["cleaned_sha256"].str.len().eq(64).all()
     # resumable: a second call finds every image written and changes nothing
     again = clean_dataset(built, tmp_path / "clean", mode="mask", progress=False)
     assert again.images == 6 and load_manifest(tmp_path / "clean").equals(cleaned)
@@ -197,3 +211,4 @@ def test_clean_dataset_keeps_rows_and_adds_quality(tmp_path) -> None:
     for column in ("image_path", "large_image_path"):
         for before, after in zip(original[column], scored_frame[column]):
             assert (tmp_path / "ds" / before).read_bytes() == (tmp_path / "scored" / after).read_bytes()
+    assert manifest_hash(tmp_path / "scored") == manifest_hash(built)  # the very same pixels

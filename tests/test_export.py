@@ -28,11 +28,11 @@ TAXONOMY = {name: {"genus": name.split()[0], "family": {"Anemone": "Ranunculacea
                                                          "Viola": "Violaceae"}[name.split()[0]]} for name in SPECIES}
 
 
-def _bundle(root: Path, arch: str, tta: str = "none") -> Path:
+def _bundle(root: Path, arch: str, tta: str = "none", aspect: float = 1.0) -> Path:
     torch.manual_seed(0)
     model, _ = create_model(arch, len(SPECIES), init="random")
-    preprocessing = dataclasses.replace(model.preprocessing, tta=tta)
-    return save_bundle(root / f"{arch}-{tta}", model=model, arch=arch, species=SPECIES, taxonomy=TAXONOMY,
+    preprocessing = dataclasses.replace(model.preprocessing, tta=tta, aspect=aspect)
+    return save_bundle(root / f"{arch}-{tta}-{aspect}", model=model, arch=arch, species=SPECIES, taxonomy=TAXONOMY,
                        preprocessing=preprocessing, temperature=1.7, provenance={"created": "test"})
 
 
@@ -87,6 +87,16 @@ def test_outputs_are_calibrated_and_the_batch_axis_is_dynamic(sheets: list[Path]
         expected = torch.softmax(torch.from_numpy(logits) / 1.7, dim=1).numpy()
         np.testing.assert_allclose(probabilities, expected, atol=1e-6)
         np.testing.assert_allclose(probabilities, identifier.probabilities(batch).numpy(), atol=1e-5)
+
+
+def test_sheet_shaped_bundle_exports_its_input_shape(sheets: list[Path], tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path, "small_cnn", tta="flip", aspect=1.5)
+    path = export_onnx(bundle, tmp_path / "sheet.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [3, 168, 112]  # portrait: (height, width) = (1.5 × 112, 112)
+    assert read_onnx_metadata(path)["preprocessing"]["aspect"] == 1.5
+    report = check_onnx(bundle, path, sheets)
+    assert report["top5_agree"] and report["max_abs_diff_logits"] < 1e-4
 
 
 def test_torchscript_exporter_and_random_inputs(tmp_path: Path) -> None:

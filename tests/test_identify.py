@@ -150,6 +150,20 @@ def test_resize_above_256_reads_the_large_copy_like_the_dataset(setup) -> None:
         assert tensor.shape == (3, 288, 288) and torch.equal(tensor, dataset[i][0])
 
 
+@pytest.mark.parametrize("resize_size", [128, 320])  # the 256 px copy and the large copy
+def test_sheet_shaped_input_matches_the_dataset(setup, resize_size: int) -> None:
+    # aspect 1.5: the sheet keeps its portrait shape instead of being squeezed to a square
+    preprocessing = Preprocessing(input_size=resize_size - 32, resize_size=resize_size, mean=(0.5,) * 3,
+                                  std=(0.5,) * 3, aspect=1.5)
+    identifier = Identifier(dataclasses.replace(setup.identifier.bundle, preprocessing=preprocessing), device="cpu")
+    dataset = ManifestDataset(setup.dataset, setup.test.iloc[:2], identifier.species, eval_transform(preprocessing))
+    for i, path in enumerate(setup.originals[:2]):
+        tensor = identifier.sheet_tensor(path.read_bytes())
+        assert tensor.shape == (3, round((resize_size - 32) * 1.5), resize_size - 32) == (3, *preprocessing.input_shape)
+        assert torch.equal(tensor, dataset[i][0])
+    assert identifier.identify_bytes(setup.originals[0].read_bytes()).top
+
+
 def test_bad_bytes_are_rejected_with_a_reason(setup) -> None:
     with pytest.raises(ImageRejected, match="empty"):
         setup.identifier.identify_bytes(b"")

@@ -48,7 +48,9 @@ def test_default_recipe_is_sheet_and_bare_config_is_the_paper() -> None:
 
 
 @pytest.mark.parametrize("overrides, message", [({"tta": "rot"}, "tta must be"),
-                                                ({"head_init": "zeros"}, "head_init must be")])
+                                                ({"head_init": "zeros"}, "head_init must be"),
+                                                ({"aspect": 0.1}, "aspect must be"),
+                                                ({"aspect": 1.4, "rot90": True}, "rot90 needs aspect")])
 def test_new_options_are_validated(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
@@ -225,6 +227,32 @@ def test_zoom_crops_cover_at_least_the_minimum_area() -> None:
         assert round(float(out[0, 0, -1] - out[0, 0, 0]) * 255) == 49  # a fixed 50-column crop
 
 
+def test_sheet_aspect_keeps_the_shape_and_turns_landscape_images(tmp_path: Path) -> None:
+    from herbid.training.data import EvalTransform, read_squeezed
+
+    # a landscape photo of a portrait sheet: a red band along its right edge, which a
+    # quarter turn to the left makes the top
+    pixels = np.full((60, 90, 3), 255, dtype=np.uint8)
+    pixels[:, -10:] = (255, 0, 0)
+    Image.fromarray(pixels).save(tmp_path / "landscape.png")
+    upright = read_squeezed(tmp_path / "landscape.png", 40, aspect=1.5)
+    assert upright.size == (40, 60)  # width × height: portrait, nothing squashed
+    red = np.asarray(upright)[..., 1] < 128
+    assert red[:5].all() and not red[10:].any()  # turned, not squeezed: the band is at the top
+    square = read_squeezed(tmp_path / "landscape.png", 40)
+    assert square.size == (40, 40) and (np.asarray(square)[:, -3:, 1] < 128).all()  # aspect 1: the paper's squeeze
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 40, 3), dtype=np.uint8))
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    crop = TrainTransform(32, 40, mean, std, aspect=1.5)(image, random.Random(0))
+    zoom = TrainTransform(32, 40, mean, std, aspect=1.5, min_crop_area=0.5)(image, random.Random(0))
+    centre = EvalTransform(32, 40, mean, std, aspect=1.5)(image)
+    assert crop.shape == zoom.shape == centre.shape == (3, 48, 32)
+    assert torch.equal(centre, torch.from_numpy(np.asarray(image)[6:54, 4:36].transpose(2, 0, 1) / np.float32(255)))
+    with pytest.raises(ValueError, match="rot90"):
+        TrainTransform(32, 40, mean, std, rot90=True, aspect=1.5)
+
+
 def test_scanner_jitter_is_bounded_and_seeded() -> None:
     from herbid.training.data import scanner_jitter
 
@@ -314,6 +342,6 @@ def test_new_config_fields_keep_old_stage_keys() -> None:
     from herbid.experiments.runner import config_key
 
     base = config_key(TrainConfig())
-    assert not {"rot90", "jitter", "sample_weight", "min_crop_area"} & set(base)
+    assert not {"rot90", "jitter", "sample_weight", "min_crop_area", "aspect"} & set(base)
     assert config_key(TrainConfig(rot90=True))["rot90"] is True
     assert config_key(TrainConfig(jitter=0.1))["jitter"] == 0.1

@@ -1,6 +1,6 @@
 """Export a bundle to ONNX for serving without PyTorch, and check it against PyTorch.
 
-The ONNX model takes ``image``: float32 (batch, 3, input_size, input_size), already
+The ONNX model takes ``image``: float32 (batch, 3, height, width) (``Preprocessing.input_shape``), already
 preprocessed exactly as herbid does it (see ``herbid.preprocessing`` in the metadata and
 :meth:`herbid.identification.Identifier.sheet_tensor`), with a dynamic batch axis. It has
 **two outputs**:
@@ -43,6 +43,7 @@ import herbid
 from herbid.data.folder import atomic_path
 from herbid.models.tta import with_tta
 from herbid.training.bundle import Bundle, load_bundle
+from herbid.training.data import sheet_shape
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _example(bundle: Bundle) -> torch.Tensor:
-    size = bundle.preprocessing.input_size
-    return torch.zeros(2, 3, size, size)
+    return torch.zeros(2, 3, *bundle.preprocessing.input_shape)
 
 
 def _export_dynamo(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
@@ -179,9 +179,11 @@ def export_onnx(bundle: Bundle | str | Path, out_path: str | Path, *, opset: int
         for key, value in onnx_metadata(bundle, name).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
+        pre = bundle.preprocessing
+        (height, width), resized = pre.input_shape, sheet_shape(pre.resize_size, pre.aspect)
         model.doc_string = (f"herbid {herbid.__version__} {bundle.arch} species classifier; input: RGB sheet "
-                            f"squeezed to {bundle.preprocessing.resize_size}², centre crop "
-                            f"{bundle.preprocessing.input_size}², (x/255 - mean)/std (see herbid.preprocessing); "
+                            f"squeezed to {resized[0]}×{resized[1]} (width × height), centre crop "
+                            f"{width}×{height}, (x/255 - mean)/std (see herbid.preprocessing); "
                             f"test-time augmentation {bundle.preprocessing.tta!r} inside")
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
@@ -194,9 +196,9 @@ def export_onnx(bundle: Bundle | str | Path, out_path: str | Path, *, opset: int
 def _inputs(identifier: Any, images: Sequence[str | Path | bytes]) -> tuple[torch.Tensor, list[str]]:
     """Preprocessed tensors for ``images`` (paths or bytes); seeded noise when there are none."""
     if not images:
-        size = identifier.bundle.preprocessing.input_size
         generator = torch.Generator().manual_seed(0)
-        return torch.randn(3, 3, size, size, generator=generator), [f"random:{i}" for i in range(3)]
+        return (torch.randn(3, 3, *identifier.bundle.preprocessing.input_shape, generator=generator),
+                [f"random:{i}" for i in range(3)])
     tensors, names = [], []
     for i, image in enumerate(images):
         data = image if isinstance(image, bytes) else Path(image).read_bytes()

@@ -118,8 +118,8 @@ def dataset_clean(args: argparse.Namespace) -> int:
     """A cleaned copy of a dataset (clutter masked or cropped away) with quality columns."""
     from herbid.preprocessing.dataset import clean_dataset
 
-    result = clean_dataset(args.dataset, args.out, mode=args.mode, segmenter=args.segmenter, workers=args.workers,
-                           progress=not args.json)
+    result = clean_dataset(args.dataset, args.out, mode=args.mode, segmenter=args.segmenter, aspect=args.aspect,
+                           workers=args.workers, progress=not args.json)
     summary = {"out": str(result.out), "images": result.images, "no_plant_found": result.no_plant,
                "clutter_boxes_removed": result.boxes_removed, "mode": args.mode}
     if args.json:
@@ -424,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--mode", default="mask", choices=["mask", "crop", "none"],
                        help="mask clutter, crop to the plant, or none: copy the images, add quality scores only")
     clean.add_argument("--segmenter", default="classical", help="registered sheet segmenter")
+    clean.add_argument("--aspect", type=float, default=None,
+                       help="crop mode: pad each plant crop to this height/width (e.g. the training aspect)")
     clean.add_argument("--workers", type=int, default=2)
     clean.add_argument("--json", action="store_true")
 

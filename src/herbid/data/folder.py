@@ -56,10 +56,21 @@ def save_manifest(folder: str | Path, frame: pd.DataFrame) -> Path:
     return path
 
 
+#: The SHA-256 of a cleaned copy's stored image (see :func:`manifest_hash`).
+CLEANED_SHA256 = "cleaned_sha256"
+
+
 def manifest_hash(folder: str | Path) -> str:
-    """A content hash of the manifest rows that define the data (images and labels)."""
+    """A content hash of the manifest rows that define the data (images and labels).
+
+    A cleaned copy (``herbid dataset clean``) keeps the original's ``sha256`` but has other
+    pixels; its ``cleaned_sha256`` column (absent elsewhere, so older hashes are unchanged)
+    makes its hash differ from the original's.
+    """
     frame = load_manifest(folder)
-    keys = frame[["image_id", "sha256", "scientificName", "split"]].astype(object).fillna("").astype(str)
+    columns = ["image_id", "sha256", "scientificName", "split"]
+    columns += [CLEANED_SHA256] if CLEANED_SHA256 in frame.columns else []
+    keys = frame[columns].astype(object).fillna("").astype(str)
     digest = hashlib.sha256()
     for row in sorted(map(tuple, keys.itertuples(index=False))):
         digest.update("\x1f".join(row).encode())

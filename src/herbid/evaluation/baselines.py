@@ -16,6 +16,8 @@ a sheet, which are spread over the whole page).
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,19 +72,21 @@ def pooled_features(model: HerbidModel, loader: DataLoader, device: torch.device
 
 
 def extract_features(arch: str, dataset_dir: str | Path, frame: pd.DataFrame, *, init: str = "imagenet",
-                     input_size: int | None = None, resize_size: int | None = None, batch_size: int = 32,
-                     device: str = "auto", species: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     input_size: int | None = None, resize_size: int | None = None, aspect: float = 1.0,
+                     batch_size: int = 32, device: str = "auto",
+                     species: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pooled pre-logit features (float32, ``(n, d)``) and class indices of ``frame``'s rows.
 
     Eval transform only (centre crop, no flips), so the features are a deterministic
     function of the image. Default sizes are the model's (resize 256 → crop 224);
-    ``input_size=resize_size=256`` uses the full 256 px sheet. ``species`` fixes the class
+    ``input_size=resize_size=256`` uses the full 256 px sheet; ``aspect`` (height / width)
+    other than 1 keeps the sheet's shape (see ``TrainConfig.aspect``). ``species`` fixes the class
     order (default: the sorted species of ``frame``).
     """
     model = frozen_backbone(arch, init)
     target = resolve_device(device)
     model.to(target)
-    transform = eval_transform(model.preprocessing, input_size, resize_size)
+    transform = eval_transform(dataclasses.replace(model.preprocessing, aspect=aspect), input_size, resize_size)
     classes = species if species is not None else species_and_taxonomy(frame)[0]
     dataset = ManifestDataset(dataset_dir, frame, classes, transform)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -258,7 +262,7 @@ def baseline_on_datasets(method: str, train_dir: str | Path, test_dir: str | Pat
     return score_method(method, FeatureSplit(train_x, train_y, test_x, test_y, species, arch), **kw)
 
 
-FEATURE_KEYS = ("init", "input_size", "resize_size", "batch_size", "device")
+FEATURE_KEYS = ("init", "input_size", "resize_size", "aspect", "batch_size", "device")
 
 
 def run_baseline(method: str, dataset_dir: str | Path, *, arch: str = "efficientnet_lite0",
@@ -266,7 +270,7 @@ def run_baseline(method: str, dataset_dir: str | Path, *, arch: str = "efficient
                  **kw: Any) -> dict[str, Any]:
     """Extract frozen features and score one baseline method on the test rows.
 
-    ``kw`` may hold feature options (``init``, ``input_size``, ``resize_size``,
+    ``kw`` may hold feature options (``init``, ``input_size``, ``resize_size``, ``aspect``,
     ``batch_size``, ``device``) and method options (``l2``, ``max_iter`` for the probe,
     ``k`` for k-NN). To score several methods on the same features, use
     :func:`split_features` once and :func:`score_method` per method.

@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from herbid.data.folder import load_manifest
 from herbid.data.splits import text_column
 from herbid.evaluation.metrics import predict_logits
-from herbid.models.tta import with_tta
+from herbid.models.tta import view_count, with_tta
 from herbid.training.bundle import Bundle, load_bundle
 from herbid.training.data import ManifestDataset, eval_transform, select_rows
 from herbid.training.distributed import resolve_device  # noqa: F401 (re-exported for callers)
@@ -70,12 +71,15 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     dataset = ManifestDataset(dataset_dir, frame, classes, eval_transform(bundle.preprocessing))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     tta = bundle.preprocessing.tta if tta is None else tta
-    logits, targets = predict_logits(with_tta(bundle.model, tta), loader, torch_device, amp)
+    # With fusion, one pass gives both the (TTA) logits and the pooled features of the
+    # sheets as they are (the first view), instead of reading and running them twice.
+    tap = PooledFeatureTap(bundle.model, views=view_count(tta))
+    logits, targets = predict_logits(with_tta(tap if knn_fusion > 0 else bundle.model, tta), loader, torch_device, amp)
     scaled = logits / bundle.temperature
     if knn_fusion > 0:
         reference = (select_rows(manifest, split="train") if fold is None
                      else select_rows(manifest, fold=fold, train=True))
-        votes = knn_votes(bundle, dataset_dir, reference, loader, len(classes), torch_device, batch_size)
+        votes = knn_votes(bundle, dataset_dir, reference, tap.features(), len(classes), torch_device, batch_size)
         fused = (1 - knn_fusion) * F.pad(scaled.softmax(dim=1), (0, len(unknown))) + knn_fusion * votes
         scaled = logits = torch.log(fused.clamp_min(1e-12))[:, :len(bundle.species)]
     return {
@@ -93,10 +97,31 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     }
 
 
-def knn_votes(bundle: Bundle, dataset_dir: str | Path, reference: pd.DataFrame, test_loader: DataLoader,
+class PooledFeatureTap(nn.Module):
+    """``model`` that also keeps the pooled features of every ``views``-th call: under a
+    :class:`~herbid.models.tta.TTAModel` with that many views, those of the first view
+    (the images as they are)."""
+
+    def __init__(self, model: nn.Module, views: int = 1) -> None:
+        super().__init__()
+        self.model, self.views, self.calls = model, views, 0
+        self.pooled: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feature_map = self.model.forward_features(x)
+        if self.calls % self.views == 0:
+            self.pooled.append(self.model.forward_head(feature_map, pre_logits=True).float().cpu())
+        self.calls += 1
+        return self.model.forward_head(feature_map)
+
+    def features(self) -> np.ndarray:
+        return torch.cat(self.pooled).numpy() if self.pooled else np.zeros((0, 0), np.float32)
+
+
+def knn_votes(bundle: Bundle, dataset_dir: str | Path, reference: pd.DataFrame, test_x: np.ndarray,
               n_classes: int, device: torch.device, batch_size: int = 64) -> torch.Tensor:
     """k-NN class votes ``(n_test, n_classes)`` from the bundle's pooled features of the
-    ``reference`` rows (species the bundle knows) and of ``test_loader``'s images."""
+    ``reference`` rows (species the bundle knows) and ``test_x``, the test images' ones."""
     from herbid.evaluation.baselines import knn_classify, pooled_features
 
     names = text_column(reference, "scientificName")
@@ -105,7 +130,6 @@ def knn_votes(bundle: Bundle, dataset_dir: str | Path, reference: pd.DataFrame, 
         raise ValueError("k-NN fusion needs training rows of the bundle's species in the dataset")
     reference_set = ManifestDataset(dataset_dir, reference, list(bundle.species), eval_transform(bundle.preprocessing))
     reference_x = pooled_features(bundle.model, DataLoader(reference_set, batch_size=batch_size), device)
-    test_x = pooled_features(bundle.model, test_loader, device)
     votes = knn_classify(reference_x, np.asarray(reference_set.targets), test_x, n_classes, k=5)
     return torch.as_tensor(votes, dtype=torch.float32)
 

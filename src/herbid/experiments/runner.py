@@ -251,7 +251,8 @@ def _check_imagenet(specs: list[ExperimentSpec], config: TrainConfig) -> None:
 
 #: Config fields added after stages were cached: left out of the key while at this default,
 #: so a stage trained before the field existed keeps its key (and its cached result).
-KEY_ONLY_WHEN_CHANGED = {"rot90": False, "jitter": 0.0, "sample_weight": "none", "min_crop_area": 0.0}
+KEY_ONLY_WHEN_CHANGED = {"rot90": False, "jitter": 0.0, "sample_weight": "none", "min_crop_area": 0.0,
+                         "aspect": 1.0}
 
 
 def config_key(config: TrainConfig) -> dict[str, Any]:
@@ -451,7 +452,8 @@ def run_baseline_fold(fold_plan: FoldPlan, context: _Context) -> dict[str, Any]:
     size = context.config.resize_size or context.config.input_size or 256
     key = _digest({"method": context.method, "init": final.parent.key if final.parent else init,
                    "train": final.dataset.data_key(), "test": fold_plan.test.data_key(), "fold": fold_plan.fold,
-                   "folds": fold_plan.test.folds, "arch": context.config.arch, "size": size})
+                   "folds": fold_plan.test.folds, "arch": context.config.arch, "size": size,
+                   **({"aspect": context.config.aspect} if context.config.aspect != 1.0 else {})})
     path = context.cache / "baselines" / f"{context.method}-{key[:20]}.json"
     if path.is_file():
         say(context.progress, f"{context.method} {final.label(context.names)}: reusing {path}")
@@ -460,7 +462,7 @@ def run_baseline_fold(fold_plan: FoldPlan, context: _Context) -> dict[str, Any]:
                           f"at {size} px")
     metrics = baseline_on_datasets(context.method, final.dataset.path, fold_plan.test.path, arch=context.config.arch,
                                    init=init, fold=fold_plan.fold, input_size=size, resize_size=size,
-                                   device=context.config.device)
+                                   aspect=context.config.aspect, device=context.config.device)
     write_json(path, metrics)
     return metrics
 

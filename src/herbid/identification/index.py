@@ -53,11 +53,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import herbid
-from herbid.data.folder import TRAIN_SIZE, atomic_path, load_manifest, read_json, write_json
+from herbid.data.folder import atomic_path, load_manifest, read_json, write_json
 from herbid.data.imaging import decode_rgb, encode_jpeg, resize_copies
 from herbid.data.splits import text_column
 from herbid.evaluation.evaluate import resolve_device
-from herbid.identification.predict import squeezed_copy
+from herbid.identification.predict import squeezed_copy, uses_large_copy
 from herbid.models.base import Preprocessing
 from herbid.progress import progress_bar
 from herbid.training.bundle import Bundle, load_bundle
@@ -274,8 +274,8 @@ def query_tensor(data: bytes, preprocessing: Preprocessing) -> torch.Tensor:
     transform = eval_transform(preprocessing)
     rgb, _, _ = decode_rgb(data)
     large, small = resize_copies(rgb)
-    copy = small if transform.resize_size <= TRAIN_SIZE else large
-    return transform(squeezed_copy(encode_jpeg(copy), transform.resize_size))
+    copy = large if uses_large_copy(transform) else small
+    return transform(squeezed_copy(encode_jpeg(copy), transform.resize_size, transform.aspect))
 
 
 def _read_image(item: ImageInput) -> bytes:
@@ -296,7 +296,7 @@ class _StoredSheets(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         image = load_image(self.dataset_dir, self.image_paths[index], self.large_paths[index],
-                           self.transform.resize_size)
+                           self.transform.resize_size, self.transform.aspect)
         return self.transform(image)
 
 

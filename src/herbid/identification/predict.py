@@ -47,7 +47,7 @@ from herbid.data.imaging import DEFAULT_MAX_PIXELS, decode_rgb, encode_jpeg, res
 from herbid.evaluation.evaluate import resolve_device
 from herbid.training.bundle import Bundle, load_bundle
 from herbid.models.tta import with_tta
-from herbid.training.data import eval_transform
+from herbid.training.data import EvalTransform, eval_transform, read_squeezed, sheet_shape
 
 RANKS = ("genus", "family")
 #: Darwin Core ``identificationVerificationStatus`` of every machine identification.
@@ -190,18 +190,18 @@ class RankIndex:
 # ---------------------------------------------------------------------- identifier
 
 
-def squeezed_copy(jpeg: bytes, resize_size: int) -> Image.Image:
+def squeezed_copy(jpeg: bytes, resize_size: int, aspect: float = 1.0) -> Image.Image:
     """Read a stored-copy JPEG as :func:`herbid.training.data.load_image` reads the file.
 
-    Kept step for step identical (``draft`` then bilinear squeeze) so that an upload and
+    The same function reads both (``draft`` then bilinear squeeze), so that an upload and
     its dataset copy give the same pixels; ``tests/test_identify.py`` checks the equality.
     """
-    with Image.open(io.BytesIO(jpeg)) as image:
-        image.draft("RGB", (resize_size, resize_size))
-        rgb = image.convert("RGB")
-    if rgb.size != (resize_size, resize_size):
-        rgb = rgb.resize((resize_size, resize_size), Image.BILINEAR)
-    return rgb
+    return read_squeezed(io.BytesIO(jpeg), resize_size, aspect)
+
+
+def uses_large_copy(transform: EvalTransform) -> bool:
+    """Whether ``transform``'s input comes from the ≤1024 px copy rather than the 256 px one."""
+    return max(sheet_shape(transform.resize_size, transform.aspect)) > TRAIN_SIZE
 
 
 class Identifier:
@@ -257,18 +257,18 @@ class Identifier:
     # -- pixels -----------------------------------------------------------------------
 
     def sheet_image(self, data: bytes) -> Image.Image:
-        """The ``resize_size`` square image the model sees (before the centre crop).
+        """The resized sheet the model sees (before the centre crop).
 
         Raises :class:`herbid.data.imaging.ImageRejected` with a one-line reason for bytes
         that are not a usable image. Only the copy that is needed is JPEG-encoded.
         """
         rgb, _, _ = decode_rgb(data, max_pixels=self.max_pixels)
         large, small = resize_copies(rgb)
-        copy = small if self.resize_size <= TRAIN_SIZE else large
-        return squeezed_copy(encode_jpeg(copy), self.resize_size)
+        copy = large if uses_large_copy(self.transform) else small
+        return squeezed_copy(encode_jpeg(copy), self.resize_size, self.transform.aspect)
 
     def sheet_tensor(self, data: bytes) -> torch.Tensor:
-        """The normalised (3, input_size, input_size) tensor for the image in ``data``."""
+        """The normalised (3, height, width) tensor for the image in ``data``."""
         return self.transform(self.sheet_image(data))
 
     # -- inference --------------------------------------------------------------------

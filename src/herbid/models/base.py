@@ -34,6 +34,14 @@ class Preprocessing:
     #: Test-time augmentation every user of the bundle applies (see herbid.models.tta):
     #: "none", or "flip" (mean logits of the image and its mirror).
     tta: str = "none"
+    #: Height / width of the resized image and of the crop (sizes above are widths);
+    #: 1.0 = the paper's square squeeze.
+    aspect: float = 1.0
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(height, width) of the model input."""
+        return round(self.input_size * self.aspect), self.input_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,7 +49,8 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
         return cls(input_size=int(data["input_size"]), resize_size=int(data["resize_size"]),
-                   mean=tuple(data["mean"]), std=tuple(data["std"]), tta=str(data.get("tta", "none")))
+                   mean=tuple(data["mean"]), std=tuple(data["std"]), tta=str(data.get("tta", "none")),
+                   aspect=float(data.get("aspect", 1.0)))
 
 
 @dataclass

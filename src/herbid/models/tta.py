@@ -35,6 +35,11 @@ class TTAModel(nn.Module):
         return torch.stack([self.model(v) for v in views]).mean(dim=0)
 
 
+def view_count(mode: str) -> int:
+    """How many forward passes ``mode`` makes per image."""
+    return len(TTA_VIEWS[mode](torch.zeros(1, 1, 1, 1)))
+
+
 def with_tta(model: nn.Module, mode: str) -> nn.Module:
     """``model`` itself for ``"none"``, else a :class:`TTAModel` around it."""
     return model if mode == "none" else TTAModel(model, mode)

@@ -339,6 +339,7 @@ def clean_sheet(
     *,
     margin: float = 0.05,
     max_aspect: float = 2.0,
+    aspect: float | None = None,
     segmentation: SheetSegmentation | None = None,
 ) -> Image.Image:
     """Remove non-plant clutter from a sheet image.
@@ -347,7 +348,9 @@ def clean_sheet(
       colour), so the image keeps its geometry but labels/barcodes/colour bars vanish;
     * ``"crop"`` crops to the plant box plus ``margin`` (fraction of the box size) and
       pads with paper colour so the aspect ratio stays within ``max_aspect``; without a
-      plant it falls back to ``"mask"``;
+      plant it falls back to ``"mask"``; with ``aspect`` (height / width) it pads to exactly
+      that shape instead, so that training at that aspect (``TrainConfig.aspect``) does
+      not distort the plant;
     * ``"none"`` returns the image unchanged (an explicit no-op keeps pipelines simple).
 
     A precomputed ``segmentation`` skips segmenting again (e.g. when quality used it).
@@ -362,7 +365,7 @@ def clean_sheet(
     masked = _paint_boxes(rgb, seg.non_plant_boxes, colour)
     if mode == "mask" or seg.plant_box is None:
         return masked
-    return _crop_padded(masked, seg.plant_box, colour, margin, max_aspect)
+    return _crop_padded(masked, seg.plant_box, colour, margin, max_aspect, aspect)
 
 
 def _paper_of(image: Image.Image) -> tuple[int, int, int]:
@@ -381,9 +384,11 @@ def _paint_boxes(image: Image.Image, boxes: list[Box], colour: tuple[int, int, i
 
 
 def _crop_padded(
-    image: Image.Image, box: Box, colour: tuple[int, int, int], margin: float, max_aspect: float
+    image: Image.Image, box: Box, colour: tuple[int, int, int], margin: float, max_aspect: float,
+    aspect: float | None = None,
 ) -> Image.Image:
-    """Crop ``box`` grown by ``margin`` and pad it to an aspect ratio ≤ ``max_aspect``.
+    """Crop ``box`` grown by ``margin`` and pad it to an aspect ratio ≤ ``max_aspect``
+    (or to height / width = ``aspect`` exactly).
 
     Padding (rather than cropping tighter) keeps every plant pixel, and a bounded aspect
     ratio stops a thin grass culm from becoming a 1:10 strip that resizing would squash.
@@ -396,8 +401,11 @@ def _crop_padded(
     )
     crop = image.crop(crop_box)
     w, h = crop.size
-    target_w = max(w, int(np.ceil(h / max_aspect)))
-    target_h = max(h, int(np.ceil(w / max_aspect)))
+    if aspect is not None:
+        target_w, target_h = max(w, round(h / aspect)), max(h, round(w * aspect))
+    else:
+        target_w = max(w, int(np.ceil(h / max_aspect)))
+        target_h = max(h, int(np.ceil(w / max_aspect)))
     if (target_w, target_h) == (w, h):
         return crop
     canvas = Image.new("RGB", (target_w, target_h), colour)

@@ -55,6 +55,10 @@ class TrainConfig:
     #: None = the model's own preprocessing (e.g. 224 crops from the 256×256 images).
     input_size: int | None = None
     resize_size: int | None = None
+    #: Height / width of the resized sheet and its crops: 1.0 squeezes the sheet to a square
+    #: as the paper does; ~1.4 keeps the shape of a portrait herbarium sheet (sizes above
+    #: are then widths; landscape images are turned upright first).
+    aspect: float = 1.0
     hflip: bool = True
     #: Also mirror top/bottom (with hflip: the four flips of the sheet, incl. 180° turns).
     vflip: bool = False
@@ -222,6 +226,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.sample_weight in SAMPLE_WEIGHTS, f"sample_weight must be one of {sorted(SAMPLE_WEIGHTS)}"),
         (0.0 <= config.jitter < 1.0, "jitter must be in [0, 1)"),
         (0.0 <= config.min_crop_area <= 1.0, "min_crop_area must be in [0, 1]"),
+        (0.25 <= config.aspect <= 4.0, "aspect must be in [0.25, 4]"),
+        (not (config.rot90 and config.aspect != 1.0), "rot90 needs aspect = 1 (a quarter turn changes the shape)"),
         (config.max_steps_per_epoch is None or config.max_steps_per_epoch >= 0, "max_steps_per_epoch must be >= 0"),
     ]
     problems = [message for ok, message in checks if not ok]

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -36,21 +36,39 @@ SampleKey = int | tuple[int, int]
 # ------------------------------------------------------------------------ images
 
 
-def load_image(dataset_dir: Path, image_path: str, large_image_path: str | None, resize_size: int) -> Image.Image:
-    """The sheet as RGB, ``resize_size`` × ``resize_size`` (the paper squeezes, no aspect kept).
+def sheet_shape(size: int, aspect: float = 1.0) -> tuple[int, int]:
+    """(width, height) of a ``size`` px wide image or crop with height / width ``aspect``."""
+    return size, max(1, round(size * aspect))
 
-    Up to the stored 256×256 copy that copy is read; larger sizes come from the ≤1024 px
-    copy. JPEG ``draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when that is still at
-    least the target size, which is much faster than decoding everything and resizing.
+
+def read_squeezed(source: str | Path | BinaryIO, resize_size: int, aspect: float = 1.0) -> Image.Image:
+    """An image file as RGB, resized to ``sheet_shape(resize_size, aspect)`` (no aspect kept).
+
+    With ``aspect`` 1 that is the paper's square squeeze. Otherwise an image whose
+    orientation differs from the target's (a landscape photo of a sheet for a portrait
+    target) is first turned by 90°, so it is not squashed to a third of its height. JPEG
+    ``draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when that is still at least
+    the target size, which is much faster than decoding everything and resizing.
     """
-    use_large = resize_size > TRAIN_SIZE and large_image_path
-    path = dataset_dir / (large_image_path if use_large else image_path)
-    with Image.open(path) as image:
-        image.draft("RGB", (resize_size, resize_size))
+    width, height = sheet_shape(resize_size, aspect)
+    with Image.open(source) as image:
+        image.draft("RGB", (width, height))
         rgb = image.convert("RGB")
-    if rgb.size != (resize_size, resize_size):
-        rgb = rgb.resize((resize_size, resize_size), Image.BILINEAR)
+    if aspect != 1.0 and (rgb.height > rgb.width) != (height > width):
+        rgb = rgb.transpose(Image.Transpose.ROTATE_90)
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.BILINEAR)
     return rgb
+
+
+def load_image(dataset_dir: Path, image_path: str, large_image_path: str | None, resize_size: int,
+               aspect: float = 1.0) -> Image.Image:
+    """A manifest row's sheet as :func:`read_squeezed` gives it.
+
+    Up to the stored 256×256 copy that copy is read; larger sizes come from the ≤1024 px copy.
+    """
+    use_large = max(sheet_shape(resize_size, aspect)) > TRAIN_SIZE and large_image_path
+    return read_squeezed(dataset_dir / (large_image_path if use_large else image_path), resize_size, aspect)
 
 
 # -------------------------------------------------------------------- transforms
@@ -123,11 +141,14 @@ class TrainTransform:
 
     def __init__(self, input_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float],
                  hflip: bool = True, vflip: bool = False, rot90: bool = False, jitter: float = 0.0,
-                 min_crop_area: float = 0.0) -> None:
+                 min_crop_area: float = 0.0, aspect: float = 1.0) -> None:
         if input_size > resize_size:
             raise ValueError(f"input_size {input_size} is larger than resize_size {resize_size}")
+        if rot90 and aspect != 1.0:
+            raise ValueError("rot90 needs square crops (aspect 1)")
         self.input_size, self.resize_size, self.hflip, self.vflip = input_size, resize_size, hflip, vflip
-        self.rot90, self.jitter, self.min_crop_area = rot90, jitter, min_crop_area
+        self.rot90, self.jitter, self.min_crop_area, self.aspect = rot90, jitter, min_crop_area, aspect
+        self.crop_width, self.crop_height = sheet_shape(input_size, aspect)
         self.mean, self.std = _Normalize(tuple(mean), tuple(std)).arrays()
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
@@ -138,7 +159,7 @@ class TrainTransform:
         if self.vflip and rng.random() < 0.5:
             pixels = pixels[::-1]
         if self.rot90 and rng.random() < 0.5:
-            pixels = np.rot90(pixels)  # square crop: the shape is kept
+            pixels = np.rot90(pixels)  # square crops only: the shape is kept
         chw = _to_unit_float(pixels)
         if self.jitter > 0:
             scanner_jitter(chw, rng, self.jitter)
@@ -146,20 +167,22 @@ class TrainTransform:
 
     def _cropped(self, pixels: np.ndarray, rng: random.Random) -> np.ndarray:
         height, width = pixels.shape[:2]
-        top = rng.randint(0, height - self.input_size)
-        left = rng.randint(0, width - self.input_size)
-        return pixels[top:top + self.input_size, left:left + self.input_size]
+        top = rng.randint(0, height - self.crop_height)
+        left = rng.randint(0, width - self.crop_width)
+        return pixels[top:top + self.crop_height, left:left + self.crop_width]
 
     def _zoomed(self, image: Image.Image, rng: random.Random) -> np.ndarray:
         width, height = image.size
-        side = max(1, round(math.sqrt(rng.uniform(self.min_crop_area, 1.0)) * min(width, height)))
-        top = rng.randint(0, height - side)
-        left = rng.randint(0, width - side)
-        crop = image.crop((left, top, left + side, top + side))
-        return np.asarray(crop.resize((self.input_size, self.input_size), Image.BILINEAR))
+        scale = math.sqrt(rng.uniform(self.min_crop_area, 1.0))
+        crop_width = max(1, round(scale * min(width, height / self.aspect)))
+        crop_height = max(1, min(height, round(crop_width * self.aspect)))
+        top = rng.randint(0, height - crop_height)
+        left = rng.randint(0, width - crop_width)
+        crop = image.crop((left, top, left + crop_width, top + crop_height))
+        return np.asarray(crop.resize((self.crop_width, self.crop_height), Image.BILINEAR))
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(crop {self.input_size} of {self.resize_size}, hflip={self.hflip}, "
+        return (f"TrainTransform(crop {self.input_size} of {self.resize_size}, aspect={self.aspect}, hflip={self.hflip}, "
                 f"vflip={self.vflip}, rot90={self.rot90}, jitter={self.jitter}, "
                 f"min_crop_area={self.min_crop_area})")
 
@@ -169,22 +192,24 @@ class EvalTransform:
 
     uses_rng = False
 
-    def __init__(self, input_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, input_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float],
+                 aspect: float = 1.0) -> None:
         if input_size > resize_size:
             raise ValueError(f"input_size {input_size} is larger than resize_size {resize_size}")
-        self.input_size, self.resize_size = input_size, resize_size
+        self.input_size, self.resize_size, self.aspect = input_size, resize_size, aspect
+        self.crop_width, self.crop_height = sheet_shape(input_size, aspect)
         self.mean, self.std = _Normalize(tuple(mean), tuple(std)).arrays()
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         pixels = np.asarray(image)
         height, width = pixels.shape[:2]
-        top = (height - self.input_size) // 2
-        left = (width - self.input_size) // 2
-        return _to_normalized_tensor(pixels[top:top + self.input_size, left:left + self.input_size],
+        top = (height - self.crop_height) // 2
+        left = (width - self.crop_width) // 2
+        return _to_normalized_tensor(pixels[top:top + self.crop_height, left:left + self.crop_width],
                                      self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"EvalTransform(centre {self.input_size} of {self.resize_size})"
+        return f"EvalTransform(centre {self.input_size} of {self.resize_size}, aspect={self.aspect})"
 
 
 def resolved_sizes(preprocessing: Preprocessing, input_size: int | None, resize_size: int | None) -> tuple[int, int]:
@@ -206,13 +231,13 @@ def train_transform(preprocessing: Preprocessing, input_size: int | None = None,
                     jitter: float = 0.0, min_crop_area: float = 0.0) -> TrainTransform:
     size, resize = resolved_sizes(preprocessing, input_size, resize_size)
     return TrainTransform(size, resize, preprocessing.mean, preprocessing.std, hflip, vflip, rot90, jitter,
-                          min_crop_area)
+                          min_crop_area, preprocessing.aspect)
 
 
 def eval_transform(preprocessing: Preprocessing, input_size: int | None = None,
                    resize_size: int | None = None) -> EvalTransform:
     size, resize = resolved_sizes(preprocessing, input_size, resize_size)
-    return EvalTransform(size, resize, preprocessing.mean, preprocessing.std)
+    return EvalTransform(size, resize, preprocessing.mean, preprocessing.std, preprocessing.aspect)
 
 
 # ----------------------------------------------------------------------- dataset
@@ -244,12 +269,14 @@ class ManifestDataset(Dataset):
         self.image_paths = [str(p) for p in frame["image_path"].tolist()]
         self.large_image_paths: list[str | None] = text_column(frame, "large_image_path").tolist()
         self.resize_size = int(getattr(transform, "resize_size", TRAIN_SIZE))
+        self.aspect = float(getattr(transform, "aspect", 1.0))
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def load(self, index: int) -> Image.Image:
-        return load_image(self.dataset_dir, self.image_paths[index], self.large_image_paths[index], self.resize_size)
+        return load_image(self.dataset_dir, self.image_paths[index], self.large_image_paths[index],
+                          self.resize_size, self.aspect)
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, float]:
         index, seed = key if isinstance(key, tuple) else (key, None)

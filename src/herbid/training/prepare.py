@@ -158,7 +158,7 @@ def effective_preprocessing(model: HerbidModel, config: TrainConfig) -> Preproce
     base = model.preprocessing
     size, resize = resolved_sizes(base, config.input_size, config.resize_size)
     return Preprocessing(input_size=size, resize_size=resize, mean=tuple(base.mean), std=tuple(base.std),
-                         tta=config.tta)
+                         tta=config.tta, aspect=config.aspect)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
