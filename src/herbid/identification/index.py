@@ -57,11 +57,11 @@ from herbid.data.folder import atomic_path, load_manifest, read_json, write_json
 from herbid.data.imaging import decode_rgb, encode_jpeg, resize_copies
 from herbid.data.splits import text_column
 from herbid.evaluation.evaluate import resolve_device
-from herbid.identification.predict import squeezed_copy, uses_large_copy
+from herbid.identification.predict import squeezed_copy
 from herbid.models.base import Preprocessing
 from herbid.progress import progress_bar
 from herbid.training.bundle import Bundle, load_bundle
-from herbid.training.data import EvalTransform, eval_transform, load_image, select_rows
+from herbid.training.data import EvalTransform, eval_transform, load_image, needs_large_copy, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def query_tensor(data: bytes, preprocessing: Preprocessing) -> torch.Tensor:
     transform = eval_transform(preprocessing)
     rgb, _, _ = decode_rgb(data)
     large, small = resize_copies(rgb)
-    copy = large if uses_large_copy(transform) else small
+    copy = large if needs_large_copy(transform.resize_size, transform.aspect) else small
     return transform(squeezed_copy(encode_jpeg(copy), transform.resize_size, transform.aspect))
 
 

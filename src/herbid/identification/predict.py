@@ -42,12 +42,11 @@ import torch
 from PIL import Image
 
 import herbid
-from herbid.data.folder import TRAIN_SIZE
 from herbid.data.imaging import DEFAULT_MAX_PIXELS, decode_rgb, encode_jpeg, resize_copies
 from herbid.evaluation.evaluate import resolve_device
 from herbid.training.bundle import Bundle, load_bundle
 from herbid.models.tta import with_tta
-from herbid.training.data import EvalTransform, eval_transform, read_squeezed, sheet_shape
+from herbid.training.data import eval_transform, needs_large_copy, read_squeezed
 
 RANKS = ("genus", "family")
 #: Darwin Core ``identificationVerificationStatus`` of every machine identification.
@@ -199,11 +198,6 @@ def squeezed_copy(jpeg: bytes, resize_size: int, aspect: float = 1.0) -> Image.I
     return read_squeezed(io.BytesIO(jpeg), resize_size, aspect)
 
 
-def uses_large_copy(transform: EvalTransform) -> bool:
-    """Whether ``transform``'s input comes from the ≤1024 px copy rather than the 256 px one."""
-    return max(sheet_shape(transform.resize_size, transform.aspect)) > TRAIN_SIZE
-
-
 class Identifier:
     """A loaded bundle ready to identify sheets: preprocessing, calibration, taxonomy.
 
@@ -264,7 +258,7 @@ class Identifier:
         """
         rgb, _, _ = decode_rgb(data, max_pixels=self.max_pixels)
         large, small = resize_copies(rgb)
-        copy = large if uses_large_copy(self.transform) else small
+        copy = large if needs_large_copy(self.resize_size, self.transform.aspect) else small
         return squeezed_copy(encode_jpeg(copy), self.resize_size, self.transform.aspect)
 
     def sheet_tensor(self, data: bytes) -> torch.Tensor:

@@ -41,6 +41,12 @@ def sheet_shape(size: int, aspect: float = 1.0) -> tuple[int, int]:
     return size, max(1, round(size * aspect))
 
 
+def needs_large_copy(resize_size: int, aspect: float = 1.0) -> bool:
+    """Whether a ``resize_size`` (width) image of this aspect is read from the ≤1024 px copy
+    rather than the 256 px one."""
+    return max(sheet_shape(resize_size, aspect)) > TRAIN_SIZE
+
+
 def read_squeezed(source: str | Path | BinaryIO, resize_size: int, aspect: float = 1.0) -> Image.Image:
     """An image file as RGB, resized to ``sheet_shape(resize_size, aspect)`` (no aspect kept).
 
@@ -67,7 +73,7 @@ def load_image(dataset_dir: Path, image_path: str, large_image_path: str | None,
 
     Up to the stored 256×256 copy that copy is read; larger sizes come from the ≤1024 px copy.
     """
-    use_large = max(sheet_shape(resize_size, aspect)) > TRAIN_SIZE and large_image_path
+    use_large = needs_large_copy(resize_size, aspect) and large_image_path
     return read_squeezed(dataset_dir / (large_image_path if use_large else image_path), resize_size, aspect)
 
 
