@@ -41,9 +41,9 @@ from torch import nn
 
 import herbid
 from herbid.data.folder import atomic_path
+from herbid.models.base import sheet_shape
 from herbid.models.tta import with_tta
 from herbid.training.bundle import Bundle, load_bundle
-from herbid.training.data import sheet_shape
 
 log = logging.getLogger(__name__)
 

@@ -73,8 +73,8 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     tta = bundle.preprocessing.tta if tta is None else tta
     # With fusion, one pass gives both the (TTA) logits and the pooled features of the
     # sheets as they are (the first view), instead of reading and running them twice.
-    tap = PooledFeatureTap(bundle.model, views=view_count(tta))
-    logits, targets = predict_logits(with_tta(tap if knn_fusion > 0 else bundle.model, tta), loader, torch_device, amp)
+    tap = PooledFeatureTap(bundle.model, views=view_count(tta)) if knn_fusion > 0 else None
+    logits, targets = predict_logits(with_tta(tap or bundle.model, tta), loader, torch_device, amp)
     scaled = logits / bundle.temperature
     if knn_fusion > 0:
         reference = (select_rows(manifest, split="train") if fold is None

@@ -23,6 +23,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def sheet_shape(size: int, aspect: float = 1.0) -> tuple[int, int]:
+    """(width, height) of a ``size`` px wide image or crop with height / width ``aspect``."""
+    return size, max(1, round(size * aspect))
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a model wants its pixels: RGB in [0, 1], then ``(x - mean) / std``."""
@@ -41,7 +46,8 @@ class Preprocessing:
     @property
     def input_shape(self) -> tuple[int, int]:
         """(height, width) of the model input."""
-        return round(self.input_size * self.aspect), self.input_size
+        width, height = sheet_shape(self.input_size, self.aspect)
+        return height, width
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

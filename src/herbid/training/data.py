@@ -27,18 +27,13 @@ from torch.utils.data import Dataset, Sampler
 
 from herbid.data.folder import TRAIN_SIZE
 from herbid.data.splits import text_column
-from herbid.models.base import Preprocessing
+from herbid.models.base import Preprocessing, sheet_shape
 
 #: A dataset key: an index, or an index with the seed of that sample's augmentation.
 SampleKey = int | tuple[int, int]
 
 
 # ------------------------------------------------------------------------ images
-
-
-def sheet_shape(size: int, aspect: float = 1.0) -> tuple[int, int]:
-    """(width, height) of a ``size`` px wide image or crop with height / width ``aspect``."""
-    return size, max(1, round(size * aspect))
 
 
 def needs_large_copy(resize_size: int, aspect: float = 1.0) -> bool:
