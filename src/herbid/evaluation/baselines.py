@@ -16,11 +16,9 @@ a sheet, which are spread over the whole page).
 
 from __future__ import annotations
 
-import dataclasses
-
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +84,7 @@ def extract_features(arch: str, dataset_dir: str | Path, frame: pd.DataFrame, *,
     model = frozen_backbone(arch, init)
     target = resolve_device(device)
     model.to(target)
-    transform = eval_transform(dataclasses.replace(model.preprocessing, aspect=aspect), input_size, resize_size)
+    transform = eval_transform(replace(model.preprocessing, aspect=aspect), input_size, resize_size)
     classes = species if species is not None else species_and_taxonomy(frame)[0]
     dataset = ManifestDataset(dataset_dir, frame, classes, transform)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)

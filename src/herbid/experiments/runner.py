@@ -453,7 +453,7 @@ def run_baseline_fold(fold_plan: FoldPlan, context: _Context) -> dict[str, Any]:
     key = _digest({"method": context.method, "init": final.parent.key if final.parent else init,
                    "train": final.dataset.data_key(), "test": fold_plan.test.data_key(), "fold": fold_plan.fold,
                    "folds": fold_plan.test.folds, "arch": context.config.arch, "size": size,
-                   **({"aspect": context.config.aspect} if context.config.aspect != 1.0 else {})})
+                   **{k: v for k, v in config_key(context.config).items() if k == "aspect"}})
     path = context.cache / "baselines" / f"{context.method}-{key[:20]}.json"
     if path.is_file():
         say(context.progress, f"{context.method} {final.label(context.names)}: reusing {path}")

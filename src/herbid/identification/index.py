@@ -54,14 +54,13 @@ from torch.utils.data import DataLoader, Dataset
 
 import herbid
 from herbid.data.folder import atomic_path, load_manifest, read_json, write_json
-from herbid.data.imaging import decode_rgb, encode_jpeg, resize_copies
 from herbid.data.splits import text_column
 from herbid.evaluation.evaluate import resolve_device
-from herbid.identification.predict import squeezed_copy
+from herbid.identification.predict import upload_image
 from herbid.models.base import Preprocessing
 from herbid.progress import progress_bar
 from herbid.training.bundle import Bundle, load_bundle
-from herbid.training.data import EvalTransform, eval_transform, load_image, needs_large_copy, select_rows
+from herbid.training.data import EvalTransform, eval_transform, load_image, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -267,15 +266,12 @@ def query_tensor(data: bytes, preprocessing: Preprocessing) -> torch.Tensor:
     Decode, make the stored copy (256×256 squeeze, or the ≤1024 px copy for larger
     inputs), JPEG round trip, read it back as a stored file is read (``draft`` decoding
     included), evaluation transform — the same path as
-    :meth:`herbid.identification.predict.Identifier.sheet_tensor`. Any shortcut (e.g.
+    :meth:`herbid.identification.predict.Identifier.sheet_tensor` (both call :func:`upload_image`). Any shortcut (e.g.
     resizing the decoded upload directly) gives slightly different pixels, and a sheet
     would no longer find itself at similarity 1.0. Raises ``ImageRejected``.
     """
     transform = eval_transform(preprocessing)
-    rgb, _, _ = decode_rgb(data)
-    large, small = resize_copies(rgb)
-    copy = large if needs_large_copy(transform.resize_size, transform.aspect) else small
-    return transform(squeezed_copy(encode_jpeg(copy), transform.resize_size, transform.aspect))
+    return transform(upload_image(data, transform))
 
 
 def _read_image(item: ImageInput) -> bytes:

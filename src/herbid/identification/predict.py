@@ -46,7 +46,7 @@ from herbid.data.imaging import DEFAULT_MAX_PIXELS, decode_rgb, encode_jpeg, res
 from herbid.evaluation.evaluate import resolve_device
 from herbid.training.bundle import Bundle, load_bundle
 from herbid.models.tta import with_tta
-from herbid.training.data import eval_transform, needs_large_copy, read_squeezed
+from herbid.training.data import EvalTransform, eval_transform, needs_large_copy, read_squeezed
 
 RANKS = ("genus", "family")
 #: Darwin Core ``identificationVerificationStatus`` of every machine identification.
@@ -198,6 +198,17 @@ def squeezed_copy(jpeg: bytes, resize_size: int, aspect: float = 1.0) -> Image.I
     return read_squeezed(io.BytesIO(jpeg), resize_size, aspect)
 
 
+def upload_image(data: bytes, transform: EvalTransform, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An uploaded file's bytes as the resized sheet ``transform`` crops, through the dataset
+    build's own steps: decode, the stored copies (≤1024 px, 256×256), JPEG round trip of the
+    one copy needed, read back as a stored file is read. Raises ``ImageRejected``.
+    """
+    rgb, _, _ = decode_rgb(data, max_pixels=max_pixels)
+    large, small = resize_copies(rgb)
+    copy = large if needs_large_copy(transform.resize_size, transform.aspect) else small
+    return squeezed_copy(encode_jpeg(copy), transform.resize_size, transform.aspect)
+
+
 class Identifier:
     """A loaded bundle ready to identify sheets: preprocessing, calibration, taxonomy.
 
@@ -256,10 +267,7 @@ class Identifier:
         Raises :class:`herbid.data.imaging.ImageRejected` with a one-line reason for bytes
         that are not a usable image. Only the copy that is needed is JPEG-encoded.
         """
-        rgb, _, _ = decode_rgb(data, max_pixels=self.max_pixels)
-        large, small = resize_copies(rgb)
-        copy = large if needs_large_copy(self.resize_size, self.transform.aspect) else small
-        return squeezed_copy(encode_jpeg(copy), self.resize_size, self.transform.aspect)
+        return upload_image(data, self.transform, self.max_pixels)
 
     def sheet_tensor(self, data: bytes) -> torch.Tensor:
         """The normalised (3, height, width) tensor for the image in ``data``."""
