@@ -37,6 +37,7 @@ def fetch(portal: FakePortal, paths: list[str], dest: Path, problems: ProblemLog
     problems = problems if problems is not None else ProblemLog()
     sleeps = Sleeps()
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("allow_private_hosts", True)  # the fake portal is on 127.0.0.1
     urls = [p if "://" in p else portal.url + p for p in paths]
     return download_images(urls, dest, problems, sleep=sleeps, **kwargs), problems, sleeps
 
@@ -193,12 +194,19 @@ def test_streamed_size_over_the_cap_is_refused(fake_portal: FakePortal, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [got[fake_portal.url + "/img/a.jpg"].name]
 
 
-@pytest.mark.parametrize("url", ["ftp://example.org/a.jpg", "file:///etc/passwd", "/data/a.jpg", "", "http://"])
-def test_non_http_urls_are_refused_without_a_request(fake_portal: FakePortal, tmp_path: Path, url: str) -> None:
+@pytest.mark.parametrize(("url", "reason"), [
+    ("ftp://example.org/a.jpg", "unsupported URL scheme: 'ftp'"),
+    ("file:///etc/passwd", "unsupported URL scheme: 'file'"),
+    ("/data/a.jpg", "refused: not an http(s) URL"),
+    ("", "refused: not an http(s) URL"),
+    ("http://", "refused: not an http(s) URL"),
+])
+def test_non_http_urls_are_refused_without_a_request(fake_portal: FakePortal, tmp_path: Path, url: str,
+                                                     reason: str) -> None:
     problems = ProblemLog()
     assert download_images([url], tmp_path, problems, progress=False) == {}
     assert [(p.stage, p.where, p.reason, p.action) for p in problems] == [
-        ("fetch", url, "refused: not an http(s) URL", "dropped")]
+        ("fetch", url, reason, "dropped")]
     assert fake_portal.hits() == 0
 
 
@@ -241,7 +249,7 @@ def test_refused_connections_are_retried_once_quickly(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/a.jpg"
     problems = ProblemLog()
     sleeps = Sleeps()
-    assert download_images([url], tmp_path, problems, progress=False, sleep=sleeps) == {}
+    assert download_images([url], tmp_path, problems, progress=False, sleep=sleeps, allow_private_hosts=True) == {}
     [problem] = problems.items
     assert problem.reason.startswith("unreachable: ")
     assert problem.detail == "2 attempts"
@@ -253,7 +261,8 @@ def test_backoff_sleep_can_be_patched_module_wide(fake_portal: FakePortal, tmp_p
     sleeps = Sleeps()
     monkeypatch.setattr(download, "backoff_sleep", sleeps)
     fake_portal.plan("/img/a.jpg", ("status", 502))
-    got = download_images([fake_portal.url + "/img/a.jpg"], tmp_path, ProblemLog(), progress=False)
+    got = download_images([fake_portal.url + "/img/a.jpg"], tmp_path, ProblemLog(), progress=False,
+                          allow_private_hosts=True)
     assert len(got) == 1
     assert sleeps == [0.5]
 
@@ -277,7 +286,8 @@ def test_get_json_retries_429_and_5xx(fake_portal: FakePortal) -> None:
     fake_portal.plan("/v2/search/media", ("status", 429, {"Retry-After": "2"}), ("status", 500))
     sleeps = Sleeps()
     with httpx.Client() as client:
-        answer = get_json(client, fake_portal.url + "/v2/search/media", {"limit": 1}, retries=3, sleep=sleeps)
+        answer = get_json(client, fake_portal.url + "/v2/search/media", {"limit": 1}, retries=3, sleep=sleeps,
+                          allow_private_hosts=True)
     assert answer["itemCount"] == 7
     assert len(answer["items"]) == 1
     assert sleeps == [2.0, 1.0]
@@ -286,7 +296,7 @@ def test_get_json_retries_429_and_5xx(fake_portal: FakePortal) -> None:
 def test_get_json_client_error_quotes_the_body(fake_portal: FakePortal) -> None:
     fake_portal.plan("/v1/occurrence/search", ("status", 400))
     with httpx.Client() as client, pytest.raises(FetchError) as caught:
-        get_json(client, fake_portal.url + "/v1/occurrence/search", None, sleep=Sleeps())
+        get_json(client, fake_portal.url + "/v1/occurrence/search", None, sleep=Sleeps(), allow_private_hosts=True)
     assert caught.value.status == 400
     assert not caught.value.unreachable
     assert caught.value.reason == 'http error: 400 Bad Request: {"error": "planned"}'
@@ -296,7 +306,8 @@ def test_get_json_client_error_quotes_the_body(fake_portal: FakePortal) -> None:
 def test_get_json_unreachable(tmp_path: Path) -> None:
     sleeps = Sleeps()
     with httpx.Client() as client, pytest.raises(FetchError) as caught:
-        get_json(client, f"http://127.0.0.1:{closed_port()}/v1/x", None, retries=5, sleep=sleeps)
+        get_json(client, f"http://127.0.0.1:{closed_port()}/v1/x", None, retries=5, sleep=sleeps,
+                 allow_private_hosts=True)
     assert caught.value.unreachable
     assert caught.value.reason.startswith("unreachable: ")
     assert sleeps == [0.25]  # one quick retry, not five slow ones
@@ -304,5 +315,5 @@ def test_get_json_unreachable(tmp_path: Path) -> None:
 
 def test_get_json_rejects_non_objects(fake_portal: FakePortal) -> None:
     with httpx.Client() as client, pytest.raises(FetchError) as caught:
-        get_json(client, fake_portal.url + "/page.html", None, sleep=Sleeps())
+        get_json(client, fake_portal.url + "/page.html", None, sleep=Sleeps(), allow_private_hosts=True)
     assert caught.value.reason.startswith("not JSON")

@@ -32,11 +32,13 @@ def no_sleep(seconds: float) -> None:
 
 def gbif(portal: FakePortal, query: str = "scientificName=Pectocarya", **options) -> GBIFSource:
     options.setdefault("sleep", no_sleep)
+    options.setdefault("allow_private_hosts", True)  # the fake portal is on 127.0.0.1
     return GBIFSource(f"gbif:{query}", base_url=portal.url + "/v1", **options)
 
 
 def idigbio(portal: FakePortal, query: str = "scientificname=Viola", **options) -> IDigBioSource:
     options.setdefault("sleep", no_sleep)
+    options.setdefault("allow_private_hosts", True)
     return IDigBioSource(f"idigbio:{query}", base_url=portal.url + "/v2", **options)
 
 
@@ -81,10 +83,11 @@ def test_constructing_does_no_network_io(fake_portal: FakePortal) -> None:
 def test_base_url_from_environment(fake_portal: FakePortal, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HERBID_GBIF_URL", fake_portal.url + "/v1/")
     monkeypatch.setenv("HERBID_IDIGBIO_URL", fake_portal.url + "/v2")
-    source = GBIFSource("gbif:Pectocarya", sleep=no_sleep)
+    source = GBIFSource("gbif:Pectocarya", sleep=no_sleep, allow_private_hosts=True)
     assert source.base_url == fake_portal.url + "/v1"
     assert len(list(source.records(ProblemLog()))) == 5
-    assert len(list(IDigBioSource("idigbio:Viola", sleep=no_sleep).records(ProblemLog()))) == 5
+    idigbio_source = IDigBioSource("idigbio:Viola", sleep=no_sleep, allow_private_hosts=True)
+    assert len(list(idigbio_source.records(ProblemLog()))) == 5
     assert GBIFSource("gbif:x", base_url="http://mirror.test/v1").base_url == "http://mirror.test/v1"
 
 
@@ -155,7 +158,8 @@ def test_gbif_429_and_500_on_pages_are_retried(fake_portal: FakePortal) -> None:
 
 def test_gbif_unreachable_is_a_source_error() -> None:
     port = closed_port()
-    source = GBIFSource("gbif:Pectocarya", base_url=f"http://127.0.0.1:{port}/v1", sleep=no_sleep)
+    source = GBIFSource("gbif:Pectocarya", base_url=f"http://127.0.0.1:{port}/v1", sleep=no_sleep,
+                        allow_private_hosts=True)
     with pytest.raises(SourceError) as caught:
         list(source.records(ProblemLog()))
     message = str(caught.value)
@@ -249,7 +253,8 @@ def test_idigbio_5xx_is_retried(fake_portal: FakePortal) -> None:
 
 
 def test_idigbio_unreachable_is_a_source_error() -> None:
-    source = IDigBioSource("idigbio:Viola", base_url=f"http://127.0.0.1:{closed_port()}/v2", sleep=no_sleep)
+    source = IDigBioSource("idigbio:Viola", base_url=f"http://127.0.0.1:{closed_port()}/v2", sleep=no_sleep,
+                           allow_private_hosts=True)
     with pytest.raises(SourceError, match=r"^cannot reach 127\.0\.0\.1:\d+: .*; are you offline\?$"):
         list(source.records(ProblemLog()))
 

@@ -281,7 +281,7 @@ def test_associated_media_is_split_and_local_paths_resolve_inside_the_archive(tm
     assert list(problems) == [
         Problem("source", f"{where}:4", "media path outside the archive", detail="../../outside.jpg"),
         Problem("source", f"{where}:5", "media path outside the archive", detail="/etc/passwd"),
-        Problem("source", f"{where}:6", "unsupported media location", detail="ftp://img.example/5.jpg"),
+        Problem("source", f"{where}:6", "unsupported URL scheme: 'ftp'", detail="ftp://img.example/5.jpg"),
     ]
 
 

@@ -32,6 +32,8 @@ from herbid.web.server import UnsafeBindError, check_bind, is_loopback, running_
 
 N_SPECIES = 6
 TOKEN = "test-token-3f9a"
+#: The app answers only Hosts naming this machine (DNS rebinding defence): not "testserver".
+LOCAL = "http://localhost"
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> WebAssets:
 
 @pytest.fixture(scope="module")
 def client(assets: WebAssets) -> TestClient:
-    with TestClient(create_app(service=assets.service)) as test_client:
+    with TestClient(create_app(service=assets.service), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -172,7 +174,7 @@ def test_identify_can_include_similar_sheets(client: TestClient, sheet: bytes) -
 
 def test_similar_without_an_index_is_409(assets: WebAssets, sheet: bytes) -> None:
     no_index = Service(assets.service.identifier)
-    with TestClient(create_app(service=no_index)) as bare:
+    with TestClient(create_app(service=no_index), base_url=LOCAL) as bare:
         assert bare.get("/api/health").json()["index_size"] is None
         for url in ("/api/similar", "/api/identify?similar=3"):
             response = bare.post(url, files=upload(sheet))
@@ -223,7 +225,7 @@ def test_png_bytes_named_jpg_are_fine(client: TestClient, sheet: bytes) -> None:
 
 def test_max_pixels_is_configurable(assets: WebAssets, sheet: bytes) -> None:
     strict = Service.load(assets.bundle, device="cpu", max_pixels=10_000)
-    with TestClient(create_app(service=strict)) as small:
+    with TestClient(create_app(service=strict), base_url=LOCAL) as small:
         response = small.post("/api/identify", files=upload(sheet))
         assert response.status_code == 422 and "decompression bomb" in response.json()["detail"]
 
@@ -241,7 +243,7 @@ def test_request_shape_errors(client: TestClient, sheet: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def small_limit(assets: WebAssets) -> TestClient:
-    with TestClient(create_app(service=assets.service, max_upload_bytes=100_000)) as test_client:
+    with TestClient(create_app(service=assets.service, max_upload_bytes=100_000), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -277,7 +279,7 @@ def asgi_post(app, path: str, headers: dict[str, str], chunks: int, chunk: bytes
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
              "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "headers": [(b"host", b"127.0.0.1")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
              "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80)}
     asyncio.run(app(scope, receive, send))
     return status[0], pulled
@@ -338,7 +340,7 @@ def test_thumbnail_lookup_uses_the_index_only(assets: WebAssets) -> None:
 
 @pytest.fixture(scope="module")
 def guarded(assets: WebAssets) -> TestClient:
-    with TestClient(create_app(service=assets.service, token=TOKEN)) as test_client:
+    with TestClient(create_app(service=assets.service, token=TOKEN), base_url=LOCAL) as test_client:
         yield test_client
 
 

@@ -59,10 +59,12 @@ def resolve_source(explicit: str | None, out: Path) -> tuple[list[str], Path, Bu
     return [str(synthetic)], out / "dataset-synthetic", options
 
 
-def run_demo(out: str | Path = "demo-out", source: str | None = None, workers: int | None = None) -> int:
+def run_demo(out: str | Path = "demo-out", source: str | None = None, workers: int | None = None,
+             allow_private_hosts: bool = False) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sources, dataset, options = resolve_source(source, out)
+    options.allow_private_hosts = allow_private_hosts
     location = sources[0] if len(sources) == 1 else f"{sources[0]} and {len(sources) - 1} more"
     if workers:
         options.workers = workers

@@ -41,6 +41,7 @@ from torch import nn
 
 import herbid
 from herbid.data.folder import atomic_path
+from herbid.errors import InvalidOption, UserError
 from herbid.models.base import sheet_shape
 from herbid.models.tta import with_tta
 from herbid.training.bundle import Bundle, load_bundle
@@ -56,7 +57,7 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 TIE_TOLERANCE = 1e-5
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The model could not be exported with any exporter."""
 
 
@@ -159,7 +160,7 @@ def export_onnx(bundle: Bundle | str | Path, out_path: str | Path, *, opset: int
     onnx = _require("onnx")
 
     if exporter not in EXPORTERS:
-        raise ValueError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+        raise InvalidOption(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
     bundle = _as_bundle(bundle)
     model = with_tta(copy.deepcopy(bundle.model).cpu().float().eval(), bundle.preprocessing.tta)
     module = CalibratedModel(model, bundle.temperature).eval()

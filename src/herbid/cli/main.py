@@ -11,17 +11,20 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from herbid import __version__
+from herbid.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
+MiB = 2**20
 
 
-class CommandError(Exception):
+class CommandError(UserError):
     """A user-facing failure: printed as one line, exit code 1."""
 
 
@@ -50,7 +53,14 @@ def dataset_build(args: argparse.Namespace) -> int:
         workers=args.workers or os.cpu_count() or 1,
         seed=args.seed,
         kind=args.kind,
+        media_roots=tuple(args.media_root),
+        follow_symlinks=args.follow_symlinks,
         near_duplicate_bits=args.near_duplicate_bits,
+        allow_private_hosts=args.allow_private_hosts,
+        max_file_bytes=int(args.max_file_mb * MiB),
+        max_download_bytes=int(args.max_download_mb * MiB),
+        download_timeout=args.download_timeout,
+        max_pixels=args.max_pixels,
         progress=not args.no_progress,
     )
     result = build_dataset(args.sources, args.out, options)
@@ -217,7 +227,8 @@ def experiment_command(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from herbid.demo import run_demo
 
-    return run_demo(out=args.out, source=args.source, workers=args.workers)
+    return run_demo(out=args.out, source=args.source, workers=args.workers,
+                    allow_private_hosts=args.allow_private_hosts)
 
 
 # --- identification and export -----------------------------------------------------------
@@ -290,7 +301,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
     check_bind(args.host, token=args.token, no_auth=args.no_auth)  # before the slow model load
     serve(args.bundle, args.index, host=args.host, port=args.port, token=args.token, no_auth=args.no_auth,
-          max_upload_mb=args.max_upload_mb, device=args.device)
+          max_upload_mb=args.max_upload_mb, device=args.device, max_upload_pixels=args.max_upload_pixels,
+          concurrent_decodes=args.concurrent_decodes, allowed_hosts=args.allowed_host)
     return 0
 
 
@@ -391,13 +403,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder, Darwin Core Archive (.zip or folder), CSV, 'idigbio:QUERY' or 'gbif:QUERY'")
     build.add_argument("--out", required=True, type=Path, help="dataset folder to write (resumes if present)")
     build.add_argument("--kind", help="source kind, when detection guesses wrong (folders, filenames, dwca, csv, idigbio, gbif)")
+    build.add_argument("--media-root", action="append", type=Path, default=[], metavar="DIR",
+                       help="a folder CSV/archive media paths may point into besides the table's own (repeatable)")
+    build.add_argument("--follow-symlinks", action="store_true",
+                       help="follow symlinks that lead out of a source folder (refused by default)")
     build.add_argument("--min-per-species", type=int, default=1, metavar="N")
     build.add_argument("--max-per-species", type=int, default=None, metavar="N")
     build.add_argument("--synonyms", type=Path, metavar="FILE", help="CSV of name,accepted_name")
     build.add_argument("--workers", type=int, default=None, metavar="N", help="decoding processes (default: all cores)")
+    build.add_argument("--allow-private-hosts", action="store_true",
+                       help="let image downloads and portal queries reach loopback/private/link-local addresses "
+                            "(an in-house image server; refused by default)")
     build.add_argument("--near-duplicate-bits", type=int, default=40, metavar="B",
                        help="perceptual-hash distance counted as a near duplicate (default 40 of 256)")
     build.add_argument("--seed", type=int, default=0, help="seed for --max-per-species sampling")
+    limits = build.add_argument_group("limits on untrusted input (docs/SECURITY.md)")
+    limits.add_argument("--max-file-mb", type=float, default=1024, metavar="N",
+                        help="largest local image file read (default 1024 MiB)")
+    limits.add_argument("--max-download-mb", type=float, default=100, metavar="N",
+                        help="largest image download (default 100 MiB)")
+    limits.add_argument("--download-timeout", type=float, default=30, metavar="S",
+                        help="hard deadline per downloaded file, seconds (default 30)")
+    limits.add_argument("--max-pixels", type=int, default=250_000_000, metavar="N",
+                        help="largest image decoded, in pixels (default 250 M; a 90 MP scan is well under)")
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -475,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--source", default=None,
                              help="folder, DwC-A or CSV (default: $DEMO_SOURCE, else iDigBio when online, else synthetic)")
     demo_parser.add_argument("--workers", type=int, default=None)
+    demo_parser.add_argument("--allow-private-hosts", action="store_true",
+                             help="let the source's image downloads reach loopback/private addresses")
 
     identify = top.add_parser("identify", help="identify sheets (files or folders) with a model bundle")
     identify.add_argument("bundle", type=Path, help="model bundle or training run folder")
@@ -514,6 +544,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="require 'Authorization: Bearer TOKEN' on /api (default: $HERBID_TOKEN)")
     auth.add_argument("--no-auth", action="store_true", help="serve a non-loopback address without a token")
     serve_parser.add_argument("--max-upload-mb", type=float, default=20, metavar="N", help="largest upload (MiB)")
+    serve_parser.add_argument("--max-upload-pixels", type=int, default=40_000_000, metavar="N",
+                              help="most pixels an upload may need decoded (default 40,000,000; a baseline "
+                                   "JPEG counts at its 1/8-scale decode); larger uploads get 413")
+    serve_parser.add_argument("--concurrent-decodes", type=int, default=2, metavar="N",
+                              help="uploads decoded at once (default 2); peak decode memory is about "
+                                   "N × (11 bytes × --max-upload-pixels + the upload), see /api/health")
+    serve_parser.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                              help="also answer requests whose Host header is NAME (repeatable; '*.example.org' "
+                                   "and '*' are wildcards). Always answered: localhost, 127.0.0.1, [::1] and the "
+                                   "--host address (for 0.0.0.0/:: this machine's host name); other Hosts get 400")
     serve_parser.add_argument("--device", default="auto")
     add_similarity_parsers(top)
     return parser
@@ -595,24 +635,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("herbid: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line for the user; --debug shows nothing more on purpose
-        if not _is_user_error(exc):
-            raise
+    except MemoryError:
+        # Nothing is imported here: after a MemoryError even an import can fail again.
+        print("herbid: error: out of memory; try a smaller --batch-size or fewer --workers", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not _is_user_error(exc, args):
+            traceback.print_exc()
+            print(f"herbid: internal error (a bug in herbid {__version__}, not in your input); please report it "
+                  "to the herbid maintainers with the command you ran and the traceback above", file=sys.stderr)
+            return 2
         print(f"herbid: error: {exc}", file=sys.stderr)
         return 1
 
 
-def _is_user_error(exc: Exception) -> bool:
-    from herbid.data.folder import DatasetError
-    from herbid.data.sources.base import SourceError
+def _is_user_error(exc: Exception, args: argparse.Namespace) -> bool:
+    """A :class:`UserError`, or the OS saying a path the user named cannot be read.
 
-    from herbid.export import ExportError
-    from herbid.models.registry import WeightsUnavailable
-    from herbid.training.bundle import BundleError
-    from herbid.training.loop import ResumeError
+    Deliberately not every ``ValueError``/``FileNotFoundError``: those raised inside
+    herbid about its own files are bugs and keep their traceback.
+    """
+    if isinstance(exc, UserError):
+        return True
+    if isinstance(exc, OSError) and exc.filename is not None:
+        failed = Path(os.fsdecode(exc.filename)).absolute()
+        return any(failed == named or named in failed.parents for named in _named_paths(args))
+    return False
 
-    return isinstance(exc, (CommandError, DatasetError, SourceError, BundleError, WeightsUnavailable, ExportError,
-                            ResumeError, FileNotFoundError, ValueError))
+
+def _named_paths(args: argparse.Namespace) -> list[Path]:
+    values: list[Any] = []
+    for value in vars(args).values():
+        values.extend(value if isinstance(value, list) else [value])
+    return [Path(value).absolute() for value in values if isinstance(value, (str, Path)) and value]
 
 
 def run() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +24,9 @@ from herbid.data.imaging import DEFAULT_MAX_PIXELS, ImageRejected, StoredImage, 
 from herbid.data.phash import NEAR_DUPLICATE_BITS, near_duplicates_of_hex
 from herbid.data.names import load_synonyms, parse_scientific_name
 from herbid.data.records import DWC_TERMS, SourceRecord
+from herbid.data.safe_files import DEFAULT_MAX_FILE_BYTES
 from herbid.data.sources.base import ProblemLog, Source, SourceError, open_source
+from herbid.pools import process_pool
 from herbid.progress import progress_bar
 
 
@@ -40,11 +41,20 @@ class BuildOptions:
     download_workers: int = 8
     download_timeout: float = 30.0
     max_download_bytes: int = 100 * 2**20
+    #: Let downloads and portal queries reach loopback, private and link-local addresses
+    #: (an in-house image server); refused by default, at every redirect hop too.
+    allow_private_hosts: bool = False
     #: Hamming distance (of 256 bits) at or under which two sheets count as near duplicates.
     near_duplicate_bits: int = NEAR_DUPLICATE_BITS
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0
     kind: str | None = None
+    #: A local image file bigger than this is refused before it is read (a 90 MP TIFF is ~270 MB).
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    #: Folders, besides a CSV's or archive's own, that its local media paths may point into.
+    media_roots: tuple[Path, ...] = ()
+    #: Follow symlinks that lead out of a source folder (refused and reported by default).
+    follow_symlinks: bool = False
     progress: bool = True
 
 
@@ -65,7 +75,8 @@ def build_dataset(sources: Sequence[str | Path | Source], out: str | Path,
     problems = ProblemLog()
     counts: dict[str, int] = {}
 
-    records, source_names = read_sources(sources, problems, kind=options.kind)
+    records, source_names = read_sources(sources, problems, kind=options.kind,
+                                         **source_options(options))
     counts["records_read"] = len(records)
     records = normalise_names(records, problems, load_synonyms(options.synonyms) if options.synonyms else {})
     records = fetch_remote(records, out, problems, options)
@@ -89,7 +100,7 @@ def build_dataset(sources: Sequence[str | Path | Source], out: str | Path,
         "herbid_version": herbid.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sources": source_names,
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "options": {k: _jsonable(v) for k, v in asdict(options).items()},
         "counts": counts,
         "manifest_sha256": manifest_hash(out),
         "problems_by_reason": problems.by_reason(),
@@ -100,16 +111,33 @@ def build_dataset(sources: Sequence[str | Path | Source], out: str | Path,
     return BuildResult(out=out, images=counts["images"], species=counts["species"], report=report)
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
 # --- stage 1: sources -------------------------------------------------------------------
 
-def read_sources(sources: Iterable[str | Path | Source], problems: ProblemLog, *, kind: str | None = None
-                 ) -> tuple[list[SourceRecord], list[dict[str, str]]]:
-    """All records of all sources; a source that cannot be read at all is reported."""
+def source_options(options: BuildOptions) -> dict[str, Any]:
+    """The build options every source is opened with (each uses those it knows)."""
+    return {"media_roots": tuple(Path(root) for root in options.media_roots),
+            "follow_symlinks": options.follow_symlinks,
+            "allow_private_hosts": options.allow_private_hosts}
+
+
+def read_sources(sources: Iterable[str | Path | Source], problems: ProblemLog, *, kind: str | None = None,
+                 **options: Any) -> tuple[list[SourceRecord], list[dict[str, str]]]:
+    """All records of all sources; a source that cannot be read at all is reported.
+
+    ``options`` go to every source opened here (``media_roots``, ``follow_symlinks``,
+    ``allow_private_hosts``).
+    """
     records: list[SourceRecord] = []
     described: list[dict[str, str]] = []
     for location in sources:
         try:
-            source = location if isinstance(location, Source) else open_source(location, kind=kind)
+            source = location if isinstance(location, Source) else open_source(location, kind=kind, **options)
             found = list(source.records(problems))
         except SourceError as exc:
             problems.add("source", str(location), str(exc))
@@ -191,6 +219,7 @@ def fetch_remote(records: list[SourceRecord], out: Path, problems: ProblemLog, o
             urls, out / "downloads", problems,
             workers=options.download_workers, timeout=options.download_timeout,
             max_bytes=options.max_download_bytes, progress=options.progress,
+            allow_private_hosts=options.allow_private_hosts,
         )
     kept = []
     for record in records:
@@ -204,10 +233,10 @@ def fetch_remote(records: list[SourceRecord], out: Path, problems: ProblemLog, o
 
 # --- stage 4: images --------------------------------------------------------------------
 
-def _store_one(args: tuple[str, str, int]) -> StoredImage | str:
-    path, out, max_pixels = args
+def _store_one(args: tuple[str, str, int, int]) -> StoredImage | str:
+    path, out, max_pixels, max_bytes = args
     try:
-        return store_image(Path(path), Path(out), max_pixels=max_pixels)
+        return store_image(Path(path), Path(out), max_pixels=max_pixels, max_bytes=max_bytes)
     except ImageRejected as exc:
         return str(exc)
 
@@ -215,7 +244,8 @@ def _store_one(args: tuple[str, str, int]) -> StoredImage | str:
 def store_images(records: list[SourceRecord], out: Path, problems: ProblemLog, options: BuildOptions
                  ) -> list[dict[str, Any]]:
     """Decode and store every image (in parallel); bad files are quarantined with a reason."""
-    jobs = [(r.extra.get("local_path", r.source_path), str(out), options.max_pixels) for r in records]
+    jobs = [(r.extra.get("local_path", r.source_path), str(out), options.max_pixels, options.max_file_bytes)
+            for r in records]
     results: list[StoredImage | str] = []
     with progress_bar("images", total=len(jobs), enabled=options.progress) as advance:
         for result in _map(_store_one, jobs, options.workers):
@@ -243,7 +273,7 @@ def _map(function: Callable, jobs: list, workers: int) -> Iterable:
 def _pool_map(function: Callable, jobs: list, workers: int) -> Iterable:
     # small chunks keep the progress bar moving; a few per worker amortise the IPC
     chunksize = max(1, min(8, len(jobs) // (8 * workers)))
-    with ProcessPoolExecutor(max_workers=workers) as executor:
+    with process_pool(workers) as executor:
         yield from executor.map(function, jobs, chunksize=chunksize)
 
 

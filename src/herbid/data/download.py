@@ -8,6 +8,10 @@ a :class:`~herbid.data.records.Problem` (stage ``fetch``) and returns only what 
 The same retry policy (exponential back-off on network errors and 5xx, ``Retry-After`` on
 429, at most one quick retry when a host cannot be reached at all) serves the portal API
 calls through :func:`get_json`, so an offline run fails in seconds rather than minutes.
+
+Both follow redirects by hand (at most :data:`MAX_REDIRECTS`) so that every hop passes
+:func:`~herbid.data.url_policy.check_url` before it is connected to: only http(s), and only
+public addresses unless ``allow_private_hosts``. A refused URL is never retried.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
@@ -31,6 +36,7 @@ import httpx
 from herbid import __version__
 from herbid.data.folder import atomic_path
 from herbid.data.sources.base import ProblemLog
+from herbid.data.url_policy import URLRefused, check_url, check_url_syntax
 from herbid.progress import progress_bar
 
 __all__ = [
@@ -41,14 +47,14 @@ __all__ = [
     "existing_download",
     "get_json",
     "image_filename_stem",
-    "is_http_url",
 ]
 
 #: The back-off wait. Tests patch this (or pass ``sleep=``) so that retries cost no time.
 backoff_sleep: Callable[[float], None] = time.sleep
 
 USER_AGENT = f"herbid/{__version__} (herbarium dataset builder; python-httpx)"
-CHUNK = 64 * 1024
+#: Redirects followed per request (httpx's own default), every hop checked like the first URL.
+MAX_REDIRECTS = 20
 
 #: Extensions a downloaded image may get; anything else is named ``.bin`` for the image stage to judge.
 _IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"})
@@ -74,14 +80,17 @@ class FetchError(Exception):
 
     ``unreachable`` is true when no connection could be made at all (DNS, refused, connect
     timeout): callers report that as "are you offline?" rather than as a bad answer.
+    ``refused`` is true when herbid would not connect (a scheme or address it never fetches).
     """
 
-    def __init__(self, url: str, reason: str, *, status: int | None = None, unreachable: bool = False) -> None:
+    def __init__(self, url: str, reason: str, *, status: int | None = None, unreachable: bool = False,
+                 refused: bool = False) -> None:
         super().__init__(reason)
         self.url = url
         self.reason = reason
         self.status = status
         self.unreachable = unreachable
+        self.refused = refused
 
 
 @dataclass
@@ -134,14 +143,6 @@ def parse_retry_after(value: str | None) -> float | None:
     return when.timestamp() - time.time()
 
 
-def is_http_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
-
-
 def image_filename_stem(url: str) -> str:
     """The stable local name of ``url`` without extension: the SHA-1 of the URL."""
     return hashlib.sha1(url.encode("utf-8")).hexdigest()
@@ -171,10 +172,11 @@ class _Retry(Exception):
 class _GiveUp(Exception):
     """This URL will not work however often it is asked (404, too large, not an image)."""
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
+    def __init__(self, reason: str, status: int | None = None, detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.detail = detail
 
 
 def _classify_transport_error(exc: httpx.TransportError, timeout: float) -> _Retry:
@@ -238,19 +240,24 @@ def get_json(
     sleep: Callable[[float], None] | None = None,
     timeout: float | None = None,
     max_wait: float = 60.0,
+    allow_private_hosts: bool = False,
 ) -> dict[str, Any]:
     """GET ``url`` and return its JSON object, with the downloader's retry policy.
 
     Raises :class:`FetchError` when the server cannot be reached, keeps failing, answers a
     client error (the reason quotes the start of the body, which is where APIs explain a
-    bad query) or answers something that is not a JSON object.
+    bad query) or answers something that is not a JSON object, and (``refused``) when
+    ``url`` or a redirect is not http(s) or leads to a non-public address without
+    ``allow_private_hosts``.
     """
     policy = RetryPolicy(retries=retries, sleep=sleep, max_wait=max_wait)
     request_timeout: Any = timeout if timeout is not None else client.timeout
 
     def attempt_once(attempt: int) -> dict[str, Any]:
+        request = client.build_request("GET", url, params=params, timeout=request_timeout)
         try:
-            response = client.get(url, params=params, timeout=request_timeout)  # type: ignore[arg-type]
+            with _send_checked(client, request, allow_private_hosts=allow_private_hosts) as response:
+                response.read()
         except httpx.TransportError as exc:
             raise _classify_transport_error(exc, _timeout_seconds(request_timeout)) from exc
         if 400 <= response.status_code < 500 and response.status_code != 429:
@@ -266,6 +273,55 @@ def get_json(
         raise FetchError(url, failure.reason, status=failure.status, unreachable=failure.connect) from None
     except _GiveUp as failure:
         raise FetchError(url, failure.reason, status=failure.status) from None
+    except URLRefused as refused:
+        raise FetchError(url, str(refused), refused=True) from None
+
+
+@contextmanager
+def _send_checked(
+    client: httpx.Client,
+    request: httpx.Request,
+    *,
+    allow_private_hosts: bool = False,
+    hop_timeout: Callable[[], httpx.Timeout] | None = None,
+) -> Iterator[httpx.Response]:
+    """The streamed response to ``request``, redirects followed by hand, closed on exit.
+
+    Every hop's URL passes :func:`~herbid.data.url_policy.check_url` right before it is
+    connected to (raising :class:`URLRefused`), so neither a record nor a redirect can make
+    herbid read ``file://``, ``gopher://`` or an internal address. ``hop_timeout`` gives
+    each hop its timeouts (what is left of a deadline). A host name that does not resolve
+    is an :class:`httpx.ConnectError`, as if httpx had tried.
+
+    Residual risk: the name is resolved here and again by httpx to connect, so a DNS server
+    answering a public address now and an internal one a moment later (DNS rebinding) is
+    not caught; pinning the checked address would need a custom httpcore network backend.
+    """
+    for hop in range(MAX_REDIRECTS + 1):
+        try:
+            check_url(request.url, allow_private_hosts=allow_private_hosts)
+        except URLRefused as refused:
+            if not hop:
+                raise
+            where = f"redirect {hop} to {str(request.url)[:200]}"
+            raise URLRefused(refused.reason, f"{where}; {refused.detail}" if refused.detail else where) from None
+        except OSError as exc:
+            raise httpx.ConnectError(error_text(exc), request=request) from exc
+        if hop_timeout is not None:
+            request.extensions = {**request.extensions, "timeout": hop_timeout().as_dict()}
+        try:
+            response = client.send(request, stream=True, follow_redirects=False)
+        except httpx.InvalidURL as exc:  # a Location httpx cannot parse, e.g. "javascript:..."
+            raise URLRefused("refused: not an http(s) URL", f"redirect {hop + 1}: {error_text(exc)}") from exc
+        if response.next_request is None:
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+        response.close()
+        request = response.next_request
+    raise _GiveUp(f"too many redirects: more than {MAX_REDIRECTS}")
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
@@ -297,6 +353,7 @@ class _Job:
     policy: RetryPolicy
     timeout: float
     max_bytes: int
+    allow_private_hosts: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Files earlier runs completed, by stem: these URLs are not fetched again.
     completed: dict[str, Path] = field(default_factory=dict)
@@ -369,26 +426,73 @@ def _target_in(dest_dir: Path, name: str) -> Path:
 
 
 def _stream_once(job: _Job, url: str, attempt: int) -> Path:
-    """One GET of ``url`` into ``dest_dir``; the file gets its name only once complete."""
+    """One GET of ``url`` into ``dest_dir``; the file gets its name only once complete.
+
+    ``job.timeout`` is a deadline for the whole attempt, redirects included: each hop gets
+    only what is left of it (at most ``job.timeout``) for connecting and for each read, and
+    the body is cut off at the first network read that ends after it, so an attempt that
+    keeps receiving bytes ends within about twice ``job.timeout``. Response *headers* are
+    read by httpx without a hook, so there only the per-read limit applies.
+    """
     deadline = time.monotonic() + job.timeout
+    request = job.client.build_request("GET", url)
     try:
-        with job.client.stream("GET", url, timeout=job.timeout, follow_redirects=True) as response:
+        with _send_checked(job.client, request, allow_private_hosts=job.allow_private_hosts,
+                          hop_timeout=lambda: _time_left(job, deadline)) as response:
             _check_status(response, job.policy, attempt)
             _refuse_content_type(response.headers.get("content-type"))
             declared = _declared_length(response)
             if declared is not None and declared > job.max_bytes:
                 raise _GiveUp(f"too large: Content-Length {declared} > {job.max_bytes} bytes")
-            return _write_body(job, url, response, declared, deadline)
+            response.stream = _DeadlineStream(response.stream, deadline, job.timeout)
+            return _write_body(job, url, response, declared)
+    except URLRefused as refused:
+        raise _GiveUp(refused.reason, detail=refused.detail) from None
     except httpx.TransportError as exc:
         raise _classify_transport_error(exc, job.timeout) from exc
-    except httpx.HTTPError as exc:  # too many redirects, undecodable body
+    except httpx.HTTPError as exc:  # undecodable body
         raise _GiveUp(f"http error: {error_text(exc)}") from exc
-    except httpx.InvalidURL as exc:
-        raise _GiveUp(f"refused: {error_text(exc)}") from exc
 
 
-def _write_body(job: _Job, url: str, response: httpx.Response, declared: int | None, deadline: float) -> Path:
-    chunks = response.iter_bytes(CHUNK)
+def _deadline_passed(timeout: float) -> _GiveUp:
+    # Not retried: a server that drips the body this slowly does so again (and a retry would
+    # multiply the time a hostile server holds a worker).
+    return _GiveUp(f"timed out: deadline passed, not complete within {timeout:g} s")
+
+
+def _time_left(job: _Job, deadline: float) -> httpx.Timeout:
+    """The next hop's timeouts: the per-request timeout, or what is left of the deadline."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _deadline_passed(job.timeout)
+    return httpx.Timeout(min(job.timeout, left))
+
+
+class _DeadlineStream(httpx.SyncByteStream):
+    """A response body that fails once ``deadline`` has passed, checked at every network read.
+
+    Checked on the raw bytes as they arrive, whatever their size: decoded chunks can be
+    empty for a long time (a compressed body of empty blocks), so checking those would not do.
+    """
+
+    def __init__(self, raw: httpx.SyncByteStream | httpx.AsyncByteStream, deadline: float, timeout: float) -> None:
+        assert isinstance(raw, httpx.SyncByteStream)  # a sync client's stream
+        self.raw = raw
+        self.deadline = deadline
+        self.timeout = timeout
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.raw:
+            if time.monotonic() > self.deadline:
+                raise _deadline_passed(self.timeout)
+            yield chunk
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _write_body(job: _Job, url: str, response: httpx.Response, declared: int | None) -> Path:
+    chunks = response.iter_bytes()
     head = _read_head(chunks, 16)  # enough to recognise the format before naming the file
     target = _target_in(job.dest_dir, image_filename_stem(url) + guess_extension(
         url, response.headers.get("content-type"), head))
@@ -398,8 +502,6 @@ def _write_body(job: _Job, url: str, response: httpx.Response, declared: int | N
             received += len(chunk)
             if received > job.max_bytes:
                 raise _GiveUp(f"too large: more than {job.max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise _Retry(f"timed out: not complete within {job.timeout:g} s")
             out.write(chunk)
         identity = response.headers.get("content-encoding", "identity").lower() == "identity"
         if declared is not None and identity and received != declared:
@@ -426,8 +528,10 @@ def _chain_first(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
 
 def _download_one(job: _Job, url: str) -> Path | None:
     """Fetch one URL (or find it fetched already); report why and return None on failure."""
-    if not is_http_url(url):
-        job.report(url, "refused: not an http(s) URL")
+    try:
+        check_url_syntax(url)
+    except URLRefused as refused:
+        job.report(url, refused.reason, refused.detail)
         return None
     done = job.completed.get(image_filename_stem(url))
     if done is not None:
@@ -447,7 +551,7 @@ def _download_one(job: _Job, url: str) -> Path | None:
                 job.dead_hosts.setdefault(host, failure.reason)
         job.report(url, failure.reason, detail=f"{attempts.count} attempts")
     except _GiveUp as failure:
-        job.report(url, failure.reason)
+        job.report(url, failure.reason, failure.detail)
     except OSError as exc:  # disk full, permissions: still this URL's problem, not the run's
         job.report(url, f"cannot write: {error_text(exc)}")
     except Exception as exc:  # noqa: BLE001 - the contract is to report, never to raise
@@ -456,10 +560,10 @@ def _download_one(job: _Job, url: str) -> Path | None:
 
 
 def _make_client(workers: int, timeout: float) -> httpx.Client:
+    # No follow_redirects: _send_checked follows them, checking every hop.
     return httpx.Client(
         timeout=httpx.Timeout(timeout),
         limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
-        follow_redirects=True,
         headers={"User-Agent": USER_AGENT},
     )
 
@@ -477,16 +581,19 @@ def download_images(
     client: httpx.Client | None = None,
     sleep: Callable[[float], None] | None = None,
     max_wait: float = 60.0,
+    allow_private_hosts: bool = False,
 ) -> dict[str, Path]:
     """Download ``urls`` into ``dest_dir``; return ``{url: local path}`` for those that worked.
 
     Each file is named ``sha1(url)`` plus an extension taken from its first bytes, content
     type or URL, and gets that name only once complete, so a rerun after an interruption
-    fetches only what is missing. ``timeout`` bounds each attempt at each file (connecting,
-    every read, and the whole body); ``max_bytes`` bounds each file. At most ``workers``
-    requests run at once. Nothing raises for a bad URL: each failure is added to
-    ``problems`` (stage ``fetch``, action ``dropped``). A host that refuses connections
-    twice is not tried again in the same call. ``sleep`` replaces the back-off wait.
+    fetches only what is missing. ``timeout`` is the deadline of each attempt at each file
+    (connecting, every read, redirects and the whole body); ``max_bytes`` bounds each file.
+    At most ``workers`` requests run at once. Only http(s) URLs are fetched, and (unless
+    ``allow_private_hosts``) only from public addresses, checked again at every redirect.
+    Nothing raises for a bad URL: each failure is added to ``problems`` (stage ``fetch``,
+    action ``dropped``). A host that refuses connections twice is not tried again in the
+    same call. ``sleep`` replaces the back-off wait.
     """
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -495,7 +602,7 @@ def download_images(
     own_client = client is None
     http = client if client is not None else _make_client(workers, timeout)
     job = _Job(http, dest_dir, problems, RetryPolicy(retries=retries, sleep=sleep, max_wait=max_wait),
-               timeout, max_bytes, completed=completed_downloads(dest_dir))
+               timeout, max_bytes, allow_private_hosts, completed=completed_downloads(dest_dir))
     fetched: dict[str, Path] = {}
     try:
         show = progress and sys.stderr.isatty()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from herbid.data.records import MANIFEST_COLUMNS
+from herbid.errors import UserError
 
 MANIFEST = "manifest.parquet"
 REPORT = "report.json"
@@ -26,7 +27,7 @@ TRAIN_SIZE = 256
 LARGE_WIDTH = 1024
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset folder that is missing or malformed."""
 
 
@@ -102,10 +103,16 @@ class atomic_path:
 
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part", dir=self.target.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
+        # Not mkstemp: its files are 0600 whatever the umask, so a dataset or bundle shared
+        # by a team would be unreadable to the others. O_EXCL keeps the name our own.
+        while True:
+            tmp = self.target.parent / f".{self.target.name}.{secrets.token_hex(6)}.part"
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                continue
+            self.tmp = tmp
+            return tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:

@@ -33,6 +33,7 @@ import herbid
 from herbid.data.folder import SPLITS, load_manifest, manifest_hash, read_json, save_manifest, write_json
 from herbid.data.names import normalize_collector
 from herbid.data.phash import NEAR_DUPLICATE_BITS, hash_words, near_duplicate_pairs
+from herbid.errors import InvalidOption
 
 TRAIN, TEST, VAL = "train", "test", "val"
 SPLIT_NAMES: tuple[str, ...] = (TRAIN, TEST, VAL)
@@ -174,7 +175,7 @@ def group_mode(by: str) -> GroupMode:
     try:
         return GROUP_MODES[by]
     except KeyError:
-        raise ValueError(f"unknown split mode {by!r}; choose one of {sorted(GROUP_MODES)}") from None
+        raise InvalidOption(f"unknown split mode {by!r}; choose one of {sorted(GROUP_MODES)}") from None
 
 
 def group_keys(frame: pd.DataFrame, by: str) -> pd.Series:
@@ -258,7 +259,7 @@ class Grouping:
 def _species(frame: pd.DataFrame) -> np.ndarray:
     species = text_column(frame, "scientificName")
     if species.isna().any():
-        raise ValueError(f"{int(species.isna().sum())} rows have no scientificName; cannot stratify")
+        raise InvalidOption(f"{int(species.isna().sum())} rows have no scientificName; cannot stratify")
     return species.to_numpy(dtype=object)
 
 
@@ -318,9 +319,9 @@ def build_grouping(frame: pd.DataFrame, by: str = "collector", *, near_duplicate
 
 def _check_fractions(test_fraction: float, val_fraction: float) -> None:
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+        raise InvalidOption(f"test_fraction must be between 0 and 1, got {test_fraction}")
     if val_fraction < 0.0 or test_fraction + val_fraction >= 1.0:
-        raise ValueError(f"val_fraction must be >= 0 and leave room for train, got {val_fraction}")
+        raise InvalidOption(f"val_fraction must be >= 0 and leave room for train, got {val_fraction}")
 
 
 def _exact_choice(sizes: np.ndarray, target: float, rng: np.random.Generator, min_chosen: int) -> np.ndarray:
@@ -438,7 +439,7 @@ def fold_components(grouping: Grouping, *, k: int, seed: int) -> np.ndarray:
     equals) into the fold holding fewest of that species' images, ties to the globally
     lightest fold, then round-robin, so folds balance both per species and overall."""
     if k < 2:
-        raise ValueError(f"folds must be at least 2, got {k}")
+        raise InvalidOption(f"folds must be at least 2, got {k}")
     rng = np.random.default_rng(seed)
     sizes = grouping.sizes
     folds = np.full(grouping.n_components, -1, dtype=np.int64)

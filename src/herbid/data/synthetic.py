@@ -28,6 +28,8 @@ from typing import Literal, TypeVar
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from herbid.errors import InvalidOption
+
 #: Marker used in identifiers and labels of everything this module makes.
 SYNTHETIC_LABEL = "synthetic"
 
@@ -267,7 +269,7 @@ def render_sheet(
     index = species_index(species)
     width, height = size
     if width < 32 or height < 32:
-        raise ValueError(f"sheet size {size} too small (min 32×32)")
+        raise InvalidOption(f"sheet size {size} too small (min 32×32)")
     style = style if style is not None else SheetStyle.sample(rng)
     image = Image.new("RGB", size, style.paper)
     draw = ImageDraw.Draw(image)
@@ -1004,11 +1006,11 @@ def make_synthetic_collection(
     whole output is byte-identical for the same arguments.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        raise InvalidOption(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if not 1 <= n_species <= len(SPECIES):
-        raise ValueError(f"n_species must be 1..{len(SPECIES)}, got {n_species}")
+        raise InvalidOption(f"n_species must be 1..{len(SPECIES)}, got {n_species}")
     if per_species < 1 or collectors_per_species < 1:
-        raise ValueError("per_species and collectors_per_species must be >= 1")
+        raise InvalidOption("per_species and collectors_per_species must be >= 1")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from herbid.data.folder import load_manifest
+from herbid.errors import InvalidOption
 from herbid.evaluation.evaluate import resolve_device
 from herbid.evaluation.metrics import topk_correct
 from herbid.models.base import HerbidModel
@@ -230,7 +231,7 @@ def score_method(method: str, features: FeatureSplit, **method_kw: Any) -> dict[
     try:
         classify = METHODS[method]
     except KeyError:
-        raise ValueError(f"unknown baseline {method!r}; choose one of {sorted(METHODS)}") from None
+        raise InvalidOption(f"unknown baseline {method!r}; choose one of {sorted(METHODS)}") from None
     n = len(features.test_y)
     result: dict[str, Any] = {"method": method, "arch": features.arch, "n": n,
                               "feature_dim": int(features.train_x.shape[1])}
@@ -249,7 +250,7 @@ def baseline_on_datasets(method: str, train_dir: str | Path, test_dir: str | Pat
     if Path(train_dir).resolve() == Path(test_dir).resolve():
         return run_baseline(method, train_dir, arch=arch, fold=fold, **kw)
     if method not in METHODS:
-        raise ValueError(f"unknown baseline {method!r}; choose one of {sorted(METHODS)}")
+        raise InvalidOption(f"unknown baseline {method!r}; choose one of {sorted(METHODS)}")
     feature_kw = {key: kw.pop(key) for key in FEATURE_KEYS if key in kw}
     train_frame, test_frame = load_manifest(train_dir), load_manifest(test_dir)
     species = sorted(set(species_and_taxonomy(train_frame)[0]) | set(species_and_taxonomy(test_frame)[0]))
@@ -274,7 +275,7 @@ def run_baseline(method: str, dataset_dir: str | Path, *, arch: str = "efficient
     :func:`split_features` once and :func:`score_method` per method.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown baseline {method!r}; choose one of {sorted(METHODS)}")
+        raise InvalidOption(f"unknown baseline {method!r}; choose one of {sorted(METHODS)}")
     feature_kw = {key: kw.pop(key) for key in FEATURE_KEYS if key in kw}
     features = split_features(dataset_dir, arch=arch, train_split=train_split, test_split=test_split,
                               fold=fold, **feature_kw)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from herbid.data.folder import load_manifest
 from herbid.data.splits import text_column
+from herbid.errors import InvalidOption
 from herbid.evaluation.metrics import predict_logits
 from herbid.models.tta import view_count, with_tta
 from herbid.training.bundle import Bundle, load_bundle
@@ -54,7 +55,7 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     ``knn_fusion`` in (0, 1] mixes in k-NN votes (see the module docstring).
     """
     if not 0.0 <= knn_fusion <= 1.0:
-        raise ValueError(f"knn_fusion must be in [0, 1], got {knn_fusion}")
+        raise InvalidOption(f"knn_fusion must be in [0, 1], got {knn_fusion}")
     torch_device = resolve_device(device)
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=torch_device)
     bundle.model.to(torch_device)
@@ -62,7 +63,7 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     frame = select_rows(manifest, split=split, fold=fold, train=False)
     if frame.empty:
         where = f"fold {fold}" if fold is not None else f"split {split!r}"
-        raise ValueError(f"{dataset_dir}: no rows in {where} to evaluate on")
+        raise InvalidOption(f"{dataset_dir}: no rows in {where} to evaluate on")
     names = text_column(frame, "scientificName").tolist()
     known = set(bundle.species)
     unknown = sorted({n for n in names if n not in known})
@@ -127,7 +128,7 @@ def knn_votes(bundle: Bundle, dataset_dir: str | Path, reference: pd.DataFrame, 
     names = text_column(reference, "scientificName")
     reference = reference[names.isin(bundle.species).to_numpy()]
     if reference.empty:
-        raise ValueError("k-NN fusion needs training rows of the bundle's species in the dataset")
+        raise InvalidOption("k-NN fusion needs training rows of the bundle's species in the dataset")
     reference_set = ManifestDataset(dataset_dir, reference, list(bundle.species), eval_transform(bundle.preprocessing))
     reference_x = pooled_features(bundle.model, DataLoader(reference_set, batch_size=batch_size), device)
     votes = knn_classify(reference_x, np.asarray(reference_set.targets), test_x, n_classes, k=5)

@@ -30,6 +30,7 @@ from typing import Any
 
 from herbid.data.folder import IMAGES, MANIFEST, load_manifest, manifest_hash, save_manifest, write_json
 from herbid.data.splits import GROUP_MODES, split_dataset, text_column
+from herbid.errors import UserError
 from herbid.experiments.spec import ALIAS_PATTERN, ALIAS_RULE, BASES
 
 #: Written last into a prepared (or built) folder: its presence means "complete".
@@ -37,7 +38,7 @@ READY = "prepared.json"
 BUILT = "built.json"
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(UserError, ValueError):
     """A problem in ``datasets.toml``; the message names the file, the table and the key."""
 
 

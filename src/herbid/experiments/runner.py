@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from herbid.data.folder import read_json, write_json
+from herbid.errors import UserError
 from herbid.experiments.datasets import DatasetEntry, PreparedDataset, load_datasets_toml, prepare_dataset
 from herbid.experiments.report import (
     LOSS_CURVES, PROVENANCE_JSON, RESULTS_CSV, RESULTS_MD, ExperimentResult, FoldResult, plot_loss_curves,
@@ -58,7 +59,7 @@ RUNNER_FIELDS = ("dataset", "out", "init", "init_chain", "fold", "resume", "trai
 NOT_IN_KEY = (*RUNNER_FIELDS, "workers")
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UserError, ValueError):
     """An experiment that cannot run as asked (unknown alias, species mismatch, ...)."""
 
 

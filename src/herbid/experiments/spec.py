@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from herbid.errors import UserError
+
 RANDOM, IMAGENET = "R", "I"
 #: The two initialisations that are not datasets, and how tables print them.
 BASES: dict[str, str] = {RANDOM: "Random", IMAGENET: "ImageNet"}
@@ -34,7 +36,7 @@ ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 ALIAS_RULE = "letters, digits and hyphens, starting with a letter or digit (no '.' or '_')"
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A malformed experiment name; the message says what is wrong and shows the grammar."""
 
 

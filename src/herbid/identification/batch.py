@@ -37,6 +37,8 @@ from typing import IO, Any, TypeVar
 import torch
 
 from herbid.data.folder import atomic_path
+from herbid.data.safe_files import DEFAULT_MAX_FILE_BYTES, read_regular_file
+from herbid.errors import InvalidOption, MissingInput, UserError
 from herbid.identification.predict import Identification, Identifier
 from herbid.progress import progress_bar
 
@@ -51,7 +53,7 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-class JournalError(ValueError):
+class JournalError(UserError, ValueError):
     """A result file that belongs to another model (resume refused)."""
 
 
@@ -109,7 +111,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
         elif path.exists():
             found.setdefault(path, None)
         else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
+            raise MissingInput(f"{item}: no such file or folder")
     return list(found)
 
 
@@ -220,14 +222,15 @@ class _Loaded:
     error: str | None = None
 
 
-def _loader(identifier: Identifier) -> Callable[[Path], _Loaded]:
+def _loader(identifier: Identifier, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Callable[[Path], _Loaded]:
+    """Reads and decodes one file; a pipe, device or oversized file is an error record, never read."""
     def load(path: Path) -> _Loaded:
         try:
             key = FileKey.of(path)
         except OSError as exc:
             return _Loaded(FileKey(str(path), -1, -1), error=f"unreadable file: {exc.strerror or exc}")
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path, max_bytes)
             return _Loaded(key, hashlib.sha256(data).hexdigest(), identifier.sheet_tensor(data))
         except OSError as exc:
             return _Loaded(key, error=f"unreadable file: {exc.strerror or exc}")
@@ -276,15 +279,17 @@ def _records(identifier: Identifier, loaded: list[_Loaded], top_k: int, date: st
 def identify_paths(identifier: Identifier, inputs: Sequence[str | Path], out: str | Path | None = None, *,
                    top_k: int = 5, fmt: str = "json", resume: bool = True, progress: bool = True,
                    workers: int | None = None, retry_failed: bool = False,
-                   date: _dt.date | None = None) -> BatchSummary:
+                   date: _dt.date | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> BatchSummary:
     """Identify every image in ``inputs`` (files or folders); see the module docstring.
 
     With ``out`` the results go to the journal as they come and to ``out`` in ``fmt`` at
     the end; without it they are returned in ``BatchSummary.records`` (nothing is
-    resumable then). ``workers`` decoding threads (default: up to 4, one per core).
+    resumable then). ``workers`` decoding threads (default: up to 4, one per core). Only
+    regular files of at most ``max_file_bytes`` are read; anything else (a named pipe in a
+    folder, a device named on the command line) gets an error record.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise InvalidOption(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     started = time.perf_counter()
     out_path = Path(out) if out is not None else None
     journal = journal_path(out_path, fmt) if out_path else None
@@ -305,7 +310,8 @@ def identify_paths(identifier: Identifier, inputs: Sequence[str | Path], out: st
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="herbid-decode") as pool, \
                 progress_bar("identifying", len(todo), enabled=progress and bool(todo)) as advance:
-            loaded = _prefetch(pool, _loader(identifier), todo, ahead=2 * identifier.batch_size + threads)
+            loaded = _prefetch(pool, _loader(identifier, max_file_bytes), todo,
+                               ahead=2 * identifier.batch_size + threads)
             for chunk in _chunks(loaded, identifier.batch_size):
                 records = _records(identifier, chunk, top_k, day)
                 _count(summary, records)
@@ -387,7 +393,7 @@ def write_records(records: list[dict[str, Any]], handle: IO[str], fmt: str, *, t
         writer.writeheader()
         writer.writerows(row for r in records if (row := dwc_row(r)) is not None)
     else:
-        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise InvalidOption(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
 def write_output(records: list[dict[str, Any]], out: Path, fmt: str, *, top_k: int = 5) -> Path:

@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 import herbid
 from herbid.data.folder import atomic_path, load_manifest, read_json, write_json
 from herbid.data.splits import text_column
+from herbid.errors import InvalidOption, UserError
 from herbid.evaluation.evaluate import resolve_device
 from herbid.identification.predict import upload_image
 from herbid.models.base import Preprocessing
@@ -91,7 +92,7 @@ ImageInput = bytes | str | Path
 UNLABELLED = -2
 
 
-class SpecimenIndexError(ValueError):
+class SpecimenIndexError(UserError, ValueError):
     """A path that is not an index, or an index that does not fit the model asked to use.
 
     A ValueError, so that the CLI reports it as one line rather than a traceback."""
@@ -246,7 +247,7 @@ def choose_backend(count: int, requested: str = "auto") -> str:
     """
     if requested != "auto":
         if requested not in BACKENDS:
-            raise ValueError(f"unknown search backend {requested!r}; choose auto, {', '.join(BACKENDS)}")
+            raise InvalidOption(f"unknown search backend {requested!r}; choose auto, {', '.join(BACKENDS)}")
         if BACKENDS[requested].available():
             return requested
         log.warning("search backend %s is not installed here; using exact numpy search", requested)
@@ -322,7 +323,7 @@ def encode_tensors(model: torch.nn.Module, batches: Sequence[torch.Tensor] | Dat
             if advance is not None:
                 advance(len(batch))
     if not embeddings:
-        raise ValueError("no images to encode")
+        raise InvalidOption("no images to encode")
     return Encoded(torch.cat(embeddings).numpy(), torch.cat(logits).numpy())
 
 
@@ -594,7 +595,7 @@ def _as_queries(query_embeddings: np.ndarray | torch.Tensor, dim: int) -> np.nda
         else np.asarray(query_embeddings)
     queries = np.ascontiguousarray(queries.reshape(-1, queries.shape[-1]), dtype=np.float32)
     if queries.shape[1] != dim:
-        raise ValueError(f"queries are {queries.shape[1]}-d, the index holds {dim}-d embeddings")
+        raise InvalidOption(f"queries are {queries.shape[1]}-d, the index holds {dim}-d embeddings")
     return queries
 
 
@@ -623,7 +624,7 @@ def manifest_rows(dataset_dir: str | Path, split: str | None) -> pd.DataFrame:
     if split is not None:
         frame = select_rows(frame, split=split)
     if frame.empty:
-        raise ValueError(f"{dataset_dir}: no rows{f' in split {split!r}' if split else ''} to index")
+        raise InvalidOption(f"{dataset_dir}: no rows{f' in split {split!r}' if split else ''} to index")
     return frame
 
 

@@ -43,6 +43,8 @@ from PIL import Image
 
 import herbid
 from herbid.data.imaging import DEFAULT_MAX_PIXELS, decode_rgb, encode_jpeg, resize_copies
+from herbid.data.safe_files import read_regular_file
+from herbid.errors import InvalidOption
 from herbid.evaluation.evaluate import resolve_device
 from herbid.training.bundle import Bundle, load_bundle
 from herbid.models.tta import with_tta
@@ -198,12 +200,14 @@ def squeezed_copy(jpeg: bytes, resize_size: int, aspect: float = 1.0) -> Image.I
     return read_squeezed(io.BytesIO(jpeg), resize_size, aspect)
 
 
-def upload_image(data: bytes, transform: EvalTransform, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def upload_image(data: bytes, transform: EvalTransform, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                 max_decoded_pixels: int | None = None) -> Image.Image:
     """An uploaded file's bytes as the resized sheet ``transform`` crops, through the dataset
     build's own steps: decode, the stored copies (≤1024 px, 256×256), JPEG round trip of the
-    one copy needed, read back as a stored file is read. Raises ``ImageRejected``.
+    one copy needed, read back as a stored file is read. Raises ``ImageRejected``
+    (``ImageTooLarge`` beyond ``max_decoded_pixels``, the web server's decode cap).
     """
-    rgb, _, _ = decode_rgb(data, max_pixels=max_pixels)
+    rgb, _, _ = decode_rgb(data, max_pixels=max_pixels, max_decoded_pixels=max_decoded_pixels)
     large, small = resize_copies(rgb)
     copy = large if needs_large_copy(transform.resize_size, transform.aspect) else small
     return squeezed_copy(encode_jpeg(copy), transform.resize_size, transform.aspect)
@@ -220,7 +224,7 @@ class Identifier:
                  uncertain_below: float = 0.5, genus_above: float = 0.7, family_above: float = 0.7,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise InvalidOption("batch_size must be >= 1")
         self.device = resolve_device(device)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=self.device)
         self.bundle.model.to(self.device).eval()
@@ -261,17 +265,17 @@ class Identifier:
 
     # -- pixels -----------------------------------------------------------------------
 
-    def sheet_image(self, data: bytes) -> Image.Image:
+    def sheet_image(self, data: bytes, *, max_decoded_pixels: int | None = None) -> Image.Image:
         """The resized sheet the model sees (before the centre crop).
 
         Raises :class:`herbid.data.imaging.ImageRejected` with a one-line reason for bytes
         that are not a usable image. Only the copy that is needed is JPEG-encoded.
         """
-        return upload_image(data, self.transform, self.max_pixels)
+        return upload_image(data, self.transform, self.max_pixels, max_decoded_pixels=max_decoded_pixels)
 
-    def sheet_tensor(self, data: bytes) -> torch.Tensor:
+    def sheet_tensor(self, data: bytes, *, max_decoded_pixels: int | None = None) -> torch.Tensor:
         """The normalised (3, height, width) tensor for the image in ``data``."""
-        return self.transform(self.sheet_image(data))
+        return self.transform(self.sheet_image(data, max_decoded_pixels=max_decoded_pixels))
 
     # -- inference --------------------------------------------------------------------
 
@@ -301,7 +305,8 @@ class Identifier:
         return self.identify_tensors(self.sheet_tensor(data).unsqueeze(0), top_k)[0]
 
     def identify_path(self, path: str | Path, top_k: int = 5) -> Identification:
-        return self.identify_bytes(Path(path).read_bytes(), top_k)
+        """Identify one sheet file; a pipe, a device or an oversized file is refused unread."""
+        return self.identify_bytes(read_regular_file(path), top_k)
 
     # -- from probabilities to answers ------------------------------------------------
 

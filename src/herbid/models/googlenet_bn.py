@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from herbid.errors import InvalidOption
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
 from herbid.models.registry import WeightsUnavailable, register_model
 from herbid.models.weights import read_state_dict
@@ -345,7 +346,7 @@ def load_torchvision_state(model: GoogLeNetBN, state: dict[str, torch.Tensor], *
             continue
         mapped[target] = tensor
     if not any(k.startswith("inception5b.") for k in mapped):
-        raise ValueError(f"{source}: not a torchvision GoogLeNet state_dict (no inception5b tensors)")
+        raise InvalidOption(f"{source}: not a torchvision GoogLeNet state_dict (no inception5b tensors)")
     with torch.no_grad():
         model.load_state_dict(mapped, strict=False)
         neutralise_extra_layers(model, set(mapped))

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from herbid.errors import InvalidOption, UserError
 from herbid.models.base import HerbidModel, InitRecord
 
 TIMM_PREFIX = "timm:"
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(UserError, RuntimeError):
     """ImageNet (or other) weights that cannot be had here; the message says how to get them."""
 
 
@@ -57,7 +58,7 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
+        raise InvalidOption(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, num_classes: int, *, init: str = "random") -> tuple[HerbidModel, InitRecord]:
@@ -77,7 +78,7 @@ def create_model(name: str, num_classes: int, *, init: str = "random") -> tuple[
         return model, entry.load_imagenet(model)
     path = Path(init)
     if not path.exists():
-        raise ValueError(f"--init must be random, imagenet or an existing weights file; {init!r} is none of them")
+        raise InvalidOption(f"--init must be random, imagenet or an existing weights file; {init!r} is none of them")
     from herbid.models.weights import load_weights_file
 
     return model, load_weights_file(model, path)

@@ -17,6 +17,7 @@ import timm
 import torch
 from torch import nn
 
+from herbid.errors import InvalidOption
 from herbid.models.base import IMAGENET_MEAN, IMAGENET_STD, HerbidModel, InitRecord, Preprocessing
 from herbid.models.registry import TIMM_PREFIX, ModelEntry, WeightsUnavailable
 
@@ -96,7 +97,7 @@ def load_timm_imagenet(name: str, model: HerbidModel) -> InitRecord:
 def timm_entry(name: str) -> ModelEntry:
     """The registry entry for ``timm:<name>`` (any model timm knows, with an optional tag)."""
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for the names ({TIMM_PREFIX}NAME)")
+        raise InvalidOption(f"unknown timm model {name!r}; see timm.list_models() for the names ({TIMM_PREFIX}NAME)")
     return ModelEntry(name=f"{TIMM_PREFIX}{name}", build=partial(TimmModel, name),
                       load_imagenet=partial(load_timm_imagenet, name),
                       description=f"timm model {name}; ImageNet weights when online")

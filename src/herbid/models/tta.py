@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from herbid.errors import InvalidOption
+
 #: TTA mode → the views of a (B, C, H, W) batch (the first is the batch itself).
 TTA_VIEWS: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
     "none": lambda x: [x],
@@ -27,7 +29,7 @@ class TTAModel(nn.Module):
     def __init__(self, model: nn.Module, mode: str) -> None:
         super().__init__()
         if mode not in TTA_VIEWS:
-            raise ValueError(f"unknown tta {mode!r}; choose one of {sorted(TTA_VIEWS)}")
+            raise InvalidOption(f"unknown tta {mode!r}; choose one of {sorted(TTA_VIEWS)}")
         self.model, self.mode = model, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

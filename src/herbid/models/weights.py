@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from herbid.errors import InvalidOption
 from herbid.models.base import InitRecord
 
 #: Where training checkpoints keep the model's state_dict (herbid's own is ``"model"``).
@@ -49,7 +50,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def unwrap_state_dict(obj: Any, *, source: str = "") -> dict[str, torch.Tensor]:
     """The state_dict inside a checkpoint dict (or ``obj`` itself), tensors only."""
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source}: expected a state_dict or a checkpoint dict, got {type(obj).__name__}")
+        raise InvalidOption(f"{source}: expected a state_dict or a checkpoint dict, got {type(obj).__name__}")
     for key in CHECKPOINT_KEYS:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -57,7 +58,7 @@ def unwrap_state_dict(obj: Any, *, source: str = "") -> dict[str, torch.Tensor]:
             break
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
-        raise ValueError(f"{source}: no tensors found (not a state_dict or checkpoint)")
+        raise InvalidOption(f"{source}: no tensors found (not a state_dict or checkpoint)")
     return state
 
 
@@ -110,7 +111,7 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], *, skip: 
             continue
         matched[key] = tensor
     if not matched:
-        raise ValueError(f"{source or 'weights'}: no tensor matches this model by name and shape "
+        raise InvalidOption(f"{source or 'weights'}: no tensor matches this model by name and shape "
                          f"(weights for another architecture?)")
     with torch.no_grad():
         model.load_state_dict(matched, strict=False)
@@ -172,12 +173,12 @@ def map_in_order(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.T
     still count for the pairing but are left out of the result, shapes unchecked.
     """
     if len(state) != len(target):
-        raise ValueError(f"{source}: {len(state)} tensors, the model has {len(target)}")
+        raise InvalidOption(f"{source}: {len(state)} tensors, the model has {len(target)}")
     mapped: dict[str, torch.Tensor] = {}
     for (src_key, tensor), (dst_key, ref) in zip(state.items(), target.items()):
         if dst_key in skip:
             continue
         if tensor.shape != ref.shape:
-            raise ValueError(f"{source}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
+            raise InvalidOption(f"{source}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
         mapped[dst_key] = tensor
     return mapped

@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from herbid.errors import InvalidOption
+
 #: A pixel box ``(x0, y0, x1, y1)``, x1/y1 exclusive (same convention as PIL crops).
 Box = tuple[int, int, int, int]
 CleanMode = Literal["mask", "crop", "none"]
@@ -325,7 +327,7 @@ def get_segmenter(name: str | SheetSegmenter = "classical") -> SheetSegmenter:
     try:
         return SEGMENTERS[name]()
     except KeyError:
-        raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(sorted(SEGMENTERS))}") from None
+        raise InvalidOption(f"unknown segmenter {name!r}; known: {', '.join(sorted(SEGMENTERS))}") from None
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -358,7 +360,7 @@ def clean_sheet(
     if mode == "none":
         return image
     if mode not in ("mask", "crop"):
-        raise ValueError(f"clean mode {mode!r}: expected 'mask', 'crop' or 'none'")
+        raise InvalidOption(f"clean mode {mode!r}: expected 'mask', 'crop' or 'none'")
     rgb = image.convert("RGB")
     seg = segmentation if segmentation is not None else get_segmenter(segmenter).segment(rgb)
     colour = fill or seg.paper_colour or _paper_of(rgb)

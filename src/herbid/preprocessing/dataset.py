@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,11 @@ import pandas as pd
 from PIL import Image
 
 from herbid.data.folder import CLEANED_SHA256, DatasetError, load_manifest, save_manifest, write_json
-from herbid.data.imaging import encode_jpeg, resize_copies
+from herbid.data.imaging import encode_jpeg, open_image, resize_copies
+from herbid.errors import InvalidOption
 from herbid.preprocessing.cleaning import CleanMode, clean_sheet, get_segmenter
 from herbid.preprocessing.quality import sheet_quality
+from herbid.pools import process_pool
 from herbid.progress import progress_bar
 
 #: Manifest columns written by the quality pass.
@@ -58,7 +59,7 @@ def _clean_one(task: tuple[str, str, str, str, str, str, float | None]) -> dict[
     out = Path(out_dir)
     large_rel = f"images/1024/{image_id[:2]}/{image_id}.jpg"
     small_rel = f"images/256/{image_id[:2]}/{image_id}.jpg"
-    with Image.open(source) as opened:
+    with open_image(source) as opened:  # herbid's pixel limit, not Pillow's default
         rgb = opened.convert("RGB")
     segmentation = get_segmenter(segmenter).segment(rgb)
     quality = sheet_quality(rgb, segmentation)
@@ -92,7 +93,7 @@ def clean_dataset(dataset_dir: str | Path, out: str | Path, *, mode: CleanMode =
     ``aspect`` (crop mode): pad every plant crop to this height / width (see ``clean_sheet``).
     """
     if mode not in ("mask", "crop", "none"):
-        raise ValueError(f"clean mode {mode!r}: expected 'mask', 'crop' or 'none'")
+        raise InvalidOption(f"clean mode {mode!r}: expected 'mask', 'crop' or 'none'")
     dataset_dir, out = Path(dataset_dir), Path(out)
     if out.resolve() == dataset_dir.resolve():
         raise DatasetError("the cleaned copy needs its own folder (--out), the original is kept")
@@ -104,7 +105,7 @@ def clean_dataset(dataset_dir: str | Path, out: str | Path, *, mode: CleanMode =
     records: list[dict[str, Any]] = []
     with progress_bar(f"cleaning ({mode})", len(tasks), enabled=progress) as advance:
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            with process_pool(workers) as pool:
                 for record in pool.map(_clean_one, tasks, chunksize=4):
                     records.append(record)
                     advance()

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from herbid.data.folder import atomic_path, write_json
+from herbid.errors import UserError
 from herbid.models.base import HerbidModel, Preprocessing
 
 BUNDLE_FORMAT = "herbid-bundle/1"
@@ -25,7 +26,7 @@ WEIGHTS = "weights.pt"
 RUN_BUNDLE_DIR = "bundle"
 
 
-class BundleError(Exception):
+class BundleError(UserError):
     """A path that is not a bundle (or run folder), or a damaged bundle."""
 
 

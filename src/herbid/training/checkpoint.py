@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from herbid.data.folder import atomic_path
+from herbid.errors import InvalidOption
 
 CHECKPOINT = "checkpoint.pt"
 BEST_WEIGHTS = "best.pt"
@@ -79,7 +80,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
 def load_checkpoint(path: Path) -> dict[str, Any]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a herbid checkpoint (format {payload.get('format')!r})")
+        raise InvalidOption(f"{path}: not a herbid checkpoint (format {payload.get('format')!r})")
     return payload
 
 

@@ -18,13 +18,14 @@ from typing import Any
 import yaml
 
 from herbid.data.folder import atomic_path
+from herbid.errors import UserError
 
 CONFIG_YAML = "config.yaml"
 HEAD_INITS = ("random", "linear-probe", "bn-linear-probe")
 SAMPLE_WEIGHTS = ("none", "quality")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used: unknown key, bad value or type."""
 
 

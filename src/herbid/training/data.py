@@ -26,7 +26,9 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from herbid.data.folder import TRAIN_SIZE
+from herbid.data.imaging import open_image
 from herbid.data.splits import text_column
+from herbid.errors import InvalidOption
 from herbid.models.base import Preprocessing, sheet_shape
 
 #: A dataset key: an index, or an index with the seed of that sample's augmentation.
@@ -52,7 +54,7 @@ def read_squeezed(source: str | Path | BinaryIO, resize_size: int, aspect: float
     the target size, which is much faster than decoding everything and resizing.
     """
     width, height = sheet_shape(resize_size, aspect)
-    with Image.open(source) as image:
+    with open_image(source) as image:  # herbid's pixel limit, not Pillow's default
         image.draft("RGB", (width, height))
         rgb = image.convert("RGB")
     if aspect != 1.0 and (rgb.height > rgb.width) != (height > width):
@@ -144,9 +146,9 @@ class TrainTransform:
                  hflip: bool = True, vflip: bool = False, rot90: bool = False, jitter: float = 0.0,
                  min_crop_area: float = 0.0, aspect: float = 1.0) -> None:
         if input_size > resize_size:
-            raise ValueError(f"input_size {input_size} is larger than resize_size {resize_size}")
+            raise InvalidOption(f"input_size {input_size} is larger than resize_size {resize_size}")
         if rot90 and aspect != 1.0:
-            raise ValueError("rot90 needs square crops (aspect 1)")
+            raise InvalidOption("rot90 needs square crops (aspect 1)")
         self.input_size, self.resize_size, self.hflip, self.vflip = input_size, resize_size, hflip, vflip
         self.rot90, self.jitter, self.min_crop_area, self.aspect = rot90, jitter, min_crop_area, aspect
         self.crop_width, self.crop_height = sheet_shape(input_size, aspect)
@@ -196,7 +198,7 @@ class EvalTransform:
     def __init__(self, input_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float],
                  aspect: float = 1.0) -> None:
         if input_size > resize_size:
-            raise ValueError(f"input_size {input_size} is larger than resize_size {resize_size}")
+            raise InvalidOption(f"input_size {input_size} is larger than resize_size {resize_size}")
         self.input_size, self.resize_size, self.aspect = input_size, resize_size, aspect
         self.crop_width, self.crop_height = sheet_shape(input_size, aspect)
         self.mean, self.std = _Normalize(tuple(mean), tuple(std)).arrays()
@@ -265,7 +267,7 @@ class ManifestDataset(Dataset):
         names = text_column(frame, "scientificName").tolist()
         unknown = sorted({n for n in names if n not in index}, key=str)
         if unknown:
-            raise ValueError(f"{len(unknown)} species are not in the class list, e.g. {unknown[:3]}")
+            raise InvalidOption(f"{len(unknown)} species are not in the class list, e.g. {unknown[:3]}")
         self.targets = [index[n] for n in names]
         self.image_paths = [str(p) for p in frame["image_path"].tolist()]
         self.large_image_paths: list[str | None] = text_column(frame, "large_image_path").tolist()
@@ -367,11 +369,11 @@ class ShardSampler(Sampler[int]):
 def quality_weights(frame: pd.DataFrame) -> list[float]:
     """Per-row sample weights from the manifest's ``quality`` column (``herbid dataset clean``)."""
     if "quality" not in frame.columns:
-        raise ValueError("sample_weight=quality needs a 'quality' column in the manifest; add it with "
+        raise InvalidOption("sample_weight=quality needs a 'quality' column in the manifest; add it with "
                          "`herbid dataset clean DATASET --out SCORED --mode none` and train on SCORED")
     values = pd.to_numeric(frame["quality"], errors="coerce")
     if values.isna().any():
-        raise ValueError(f"{int(values.isna().sum())} training rows have no quality score")
+        raise InvalidOption(f"{int(values.isna().sum())} training rows have no quality score")
     return values.clip(lower=0.0, upper=1.0).tolist()
 
 
@@ -382,7 +384,7 @@ def species_and_taxonomy(frame: pd.DataFrame) -> tuple[list[str], dict[str, dict
     """
     names = text_column(frame, "scientificName")
     if names.isna().any():
-        raise ValueError(f"{int(names.isna().sum())} manifest rows have no scientificName")
+        raise InvalidOption(f"{int(names.isna().sum())} manifest rows have no scientificName")
     species = sorted(set(names.tolist()))
     taxonomy: dict[str, dict[str, str | None]] = {}
     columns = {rank: text_column(frame, rank) for rank in ("genus", "family")}
@@ -406,7 +408,7 @@ def select_rows(frame: pd.DataFrame, *, split: str | None = None, fold: int | No
     """
     if fold is not None:
         if "fold" not in frame.columns or frame["fold"].isna().all():
-            raise ValueError("fold is set but the manifest has no fold column; run `herbid dataset split --folds K`")
+            raise InvalidOption("fold is set but the manifest has no fold column; run `herbid dataset split --folds K`")
         folds = pd.to_numeric(frame["fold"], errors="coerce")
         mask = (folds != fold) & folds.notna() if train else folds == fold
         return frame[mask.to_numpy()]

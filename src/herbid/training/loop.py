@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from herbid.data.folder import manifest_hash, write_json
+from herbid.errors import UserError
 from herbid.evaluation.metrics import evaluate_model, predict_logits
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
 from herbid.models.tta import with_tta
@@ -58,7 +59,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "resume", "workers", "device", "out"})
 PLOT_EVERY_SECONDS = 60.0
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """A checkpoint that does not belong to this config, or a run that would be overwritten."""
 
 
@@ -367,6 +368,8 @@ def train(config: TrainConfig, *, progress: bool = True, hooks: TrainHooks | Non
     ``checkpoint.pt``. Under ``torchrun`` every process calls this same function.
     """
     config = validate(config_from_dict(config.to_dict()))
+    if config.resume and not (Path(config.out) / CHECKPOINT).is_file():
+        raise ResumeError(f"{config.out}: no {CHECKPOINT} to resume from; drop --resume to start a new run there")
     hooks = hooks or TrainHooks()
     context, device = setup(config.device)
     try:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from herbid.errors import InvalidOption
+
 
 @dataclass(frozen=True)
 class AmpMode:
@@ -28,9 +30,9 @@ def amp_mode(name: str, device: torch.device) -> AmpMode:
     try:
         mode = AMP_MODES[name]
     except KeyError:
-        raise ValueError(f"unknown amp mode {name!r}; known: {', '.join(sorted(AMP_MODES))}") from None
+        raise InvalidOption(f"unknown amp mode {name!r}; known: {', '.join(sorted(AMP_MODES))}") from None
     if mode.dtype is not None and device.type not in mode.devices:
-        raise ValueError(f"amp={name} is not supported on {device.type}; use one of "
+        raise InvalidOption(f"amp={name} is not supported on {device.type}; use one of "
                          f"{', '.join(n for n, m in AMP_MODES.items() if device.type in m.devices or m.dtype is None)}")
     return mode
 

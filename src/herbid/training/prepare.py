@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from herbid.data.folder import DatasetError, load_manifest
 from herbid.data.splits import TEST, assign_splits
+from herbid.errors import InvalidOption
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
 from herbid.models.registry import create_model
 from herbid.training.config import TrainConfig
@@ -61,6 +62,11 @@ def prepare_splits(config: TrainConfig, frame: pd.DataFrame | None = None) -> Sp
     if len(train) == 0:
         raise DatasetError(f"{config.dataset}: no training rows (split {config.train_split!r} / fold {config.fold}); "
                            "run `herbid dataset split` first")
+    trained_species = train["scientificName"].nunique()
+    if trained_species < 2:
+        # One class trains "perfectly" (top-1 1.0) and identifies nothing: refuse, don't report it.
+        raise DatasetError(f"{config.dataset}: the training rows hold {trained_species} species; a classifier needs "
+                           "at least 2 (check --min-per-species and the source's names)")
     used = pd.concat([part for part in (train, test, val) if part is not None])
     species, taxonomy = species_and_taxonomy(used)
     return Splits(train, test, val, species, taxonomy)
@@ -77,7 +83,7 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[HerbidModel, Ini
         return create_model(config.arch, num_classes, init=config.init)
     path = Path(config.init)
     if not path.exists():
-        raise ValueError(f"init must be random, imagenet or an existing weights file, bundle or run; "
+        raise InvalidOption(f"init must be random, imagenet or an existing weights file, bundle or run; "
                          f"{config.init!r} is none of them")
     from herbid.models.weights import load_weights_file
 
@@ -133,7 +139,7 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
 
     head = model.get_classifier()
     if not isinstance(head, nn.Linear):
-        raise ValueError(f"head_init={config.head_init} needs a linear classifier; {config.arch} has "
+        raise InvalidOption(f"head_init={config.head_init} needs a linear classifier; {config.arch} has "
                          f"{type(head).__name__}")
     dataset = ManifestDataset(config.dataset, splits.train, splits.species, eval_transform(preprocessing))
     loader = DataLoader(dataset, batch_size=config.batch_size * 2, shuffle=False, num_workers=0)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from herbid.errors import InvalidOption
+
 ScheduleFn = Callable[[float], float]
 
 
@@ -55,5 +57,5 @@ class LrLambda:
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int,
                    warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(sorted(SCHEDULES))}")
+        raise InvalidOption(f"unknown schedule {schedule!r}; known: {', '.join(sorted(SCHEDULES))}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LrLambda(schedule, total_steps, warmup_steps))

@@ -4,7 +4,8 @@ Routes (``/api/*`` need ``Authorization: Bearer TOKEN`` when the app has a token
 ``/api/health`` so that load balancers and the page itself can probe it):
 
 * ``GET /`` — the page (static HTML + vanilla JS, no external assets);
-* ``GET /api/health`` — status, model id, species count, index size, limits;
+* ``GET /api/health`` — status, model id, species count, index size, limits (``limits``:
+  upload bytes and pixels, concurrent decodes, the decode memory bound);
 * ``GET /api/model`` — the bundle's species, taxonomy, preprocessing and thresholds;
 * ``POST /api/identify`` — multipart ``file`` → top-k species, genus, family, suggestion
   (``similar=K`` adds the K most similar indexed sheets from the same forward pass);
@@ -17,13 +18,23 @@ Why it is built this way: uploads are read by :mod:`herbid.web.uploads` (size-ca
 in memory, never on disk); decoding and inference are blocking and CPU-heavy, so they
 run in worker threads behind a capacity limiter and the event loop keeps answering; a
 bad image is the client's problem, answered with a 4xx and a one-line reason.
+
+A small file can still decode huge (a 190 KB 16-bit PNG is 9400×9400), so an upload's
+pixels are checked from its header against ``max_upload_pixels`` before decoding (413
+beyond it), big images are shrunk before any mode conversion, and at most
+``concurrent_decodes`` decodes run at once: peak decode memory is bounded and stated in
+``/api/health``. Only requests whose ``Host`` names this server are answered (400
+otherwise), so a web page cannot reach a loopback server through DNS rebinding.
 """
 
 from __future__ import annotations
 
 import logging
 import mimetypes
+import ipaddress
 import secrets
+import threading
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -35,17 +46,28 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import herbid
-from herbid.data.imaging import DEFAULT_MAX_PIXELS, ImageRejected
+from herbid.data.imaging import DECODE_BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS, ImageRejected, ImageTooLarge
+from herbid.errors import InvalidOption
 from herbid.web.uploads import UploadError, read_upload
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 DEFAULT_MAX_UPLOAD_BYTES = 20 * MiB
+#: Pixels an upload may need decoded (header size; a baseline JPEG's reduced-scale size):
+#: 40 MP covers phone photos and sheet scans up to ~6300×6300; bigger baseline JPEGs pass
+#: because libjpeg decodes them at 1/8 scale.
+DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000
+#: Full-resolution decodes at once, whatever the number of inference threads: this, not
+#: the thread count, is what multiplies the per-decode memory bound.
+DEFAULT_CONCURRENT_DECODES = 2
 #: Concurrent decode + inference jobs; torch already spreads one job over the cores.
 DEFAULT_INFERENCE_THREADS = 2
+#: Host header values always answered: this machine's own names for itself.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 STATIC_DIR = Path(__file__).with_name("static")
 NO_INDEX = "no specimen index is loaded: start the server with --index INDEX to search similar specimens"
 #: What a thumbnail may be; anything else in an index's metadata is not served.
@@ -73,15 +95,48 @@ UPLOAD_BODY: dict[str, Any] = {
     }
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "empty file, no 'file' field or malformed multipart body"},
     401: {"description": "missing or wrong bearer token"},
-    413: {"description": "upload larger than the server's limit"},
+    400: {"description": "empty file, no 'file' field, malformed multipart body, or a Host this server does not answer"},
+    413: {"description": "upload larger than the server's byte limit or pixel limit (max_upload_pixels)"},
     415: {"description": "not an image, or not multipart/form-data"},
     422: {"description": "truncated or corrupt image, decompression bomb, or invalid query"},
 }
 
 
 # --------------------------------------------------------------------------- service
+
+
+class DecodeGate:
+    """At most ``concurrent`` upload decodes at once, each of at most ``max_pixels`` decoded pixels.
+
+    A threading semaphore, not the anyio limiter: decodes run in worker threads, and the
+    bound must hold however many inference threads the app was given.
+    """
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, concurrent: int = DEFAULT_CONCURRENT_DECODES,
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+        if max_pixels < 1 or concurrent < 1:
+            raise InvalidOption("max_upload_pixels and concurrent_decodes must be positive")
+        self.max_pixels = max_pixels
+        self.concurrent = concurrent
+        self.max_upload_bytes = max_upload_bytes
+        self._slots = threading.BoundedSemaphore(concurrent)
+
+    @property
+    def memory_bytes_per_decode(self) -> int:
+        """Upper estimate of what one decode holds: the worst measured bytes per decoded
+        pixel (a palette PNG with transparency) times the cap, plus the upload's bytes."""
+        return DECODE_BYTES_PER_PIXEL * self.max_pixels + self.max_upload_bytes
+
+    def sheet_tensor(self, identifier: Any, data: bytes) -> torch.Tensor:
+        with self._slots:
+            return identifier.sheet_tensor(data, max_decoded_pixels=self.max_pixels)
+
+    def limits(self) -> dict[str, int]:
+        per_decode = self.memory_bytes_per_decode
+        return {"max_upload_bytes": self.max_upload_bytes, "max_upload_pixels": self.max_pixels,
+                "concurrent_decodes": self.concurrent, "decode_memory_bytes_per_request": per_decode,
+                "decode_memory_bytes_total": per_decode * self.concurrent}
 
 
 class Service:
@@ -119,14 +174,17 @@ class Service:
         return {"status": "ok", "model_id": self.identifier.model_id, "species": len(self.identifier.species),
                 "index_size": self.index_size, "version": herbid.__version__}
 
-    def analyse(self, data: bytes, *, top_k: int = 5, similar: int = 0) -> dict[str, Any]:
+    def analyse(self, data: bytes, *, top_k: int = 5, similar: int = 0, gate: DecodeGate | None = None
+                ) -> dict[str, Any]:
         """Identification (and ``similar`` neighbours) from one decode and one forward pass.
 
-        Raises ``ImageRejected`` for bytes that are not a usable image.
+        Raises ``ImageRejected`` for bytes that are not a usable image (``ImageTooLarge``
+        beyond the ``gate``'s pixel cap, which also bounds how many decodes run at once).
         """
         from herbid.identification.index import encode_tensors
 
-        tensor = self.identifier.sheet_tensor(data).unsqueeze(0)
+        tensor = (gate.sheet_tensor(self.identifier, data) if gate is not None
+                  else self.identifier.sheet_tensor(data)).unsqueeze(0)
         encoded = encode_tensors(self.identifier.bundle.model, [tensor], self.identifier.device)
         logits = torch.from_numpy(encoded.logits) / self.identifier.temperature
         result = self.identifier.from_probabilities(logits.softmax(dim=1), top_k)[0].to_dict()
@@ -188,7 +246,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ImageRejected)
     async def image_rejected(request: Request, exc: ImageRejected) -> JSONResponse:
-        return _error(rejection_status(str(exc)), f"image rejected: {exc}")
+        status = 413 if isinstance(exc, ImageTooLarge) else rejection_status(str(exc))
+        return _error(status, f"image rejected: {exc}")
 
     @app.exception_handler(NoIndexError)
     async def no_index(request: Request, exc: NoIndexError) -> JSONResponse:
@@ -229,19 +288,47 @@ async def run_blocking(app: FastAPI, func: Callable[..., T], *args: Any, **kwarg
     return await anyio.to_thread.run_sync(partial(func, *args, **kwargs), limiter=limiter)
 
 
+def host_pattern(host: str) -> str:
+    """``host`` as a Host header names it (lower case, IPv6 in brackets); ``*`` and
+    ``*.example.org`` are wildcards. Raises ``InvalidOption`` for anything else."""
+    name = host.strip().lower()
+    if ":" in name and not name.startswith("["):
+        try:
+            name = f"[{ipaddress.IPv6Address(name)}]"
+        except ValueError:
+            raise InvalidOption(f"allowed host {host!r}: give a host name without a port") from None
+    if not name or "/" in name or "*" in name[1:] or (name.startswith("*") and name not in {"*"}
+                                                      and not name.startswith("*.")):
+        raise InvalidOption(f"allowed host {host!r}: expected a name, an IP address, '*.example.org' or '*'")
+    return name
+
+
+def answered_hosts(allowed_hosts: Sequence[str] | None) -> list[str]:
+    """The loopback names plus ``allowed_hosts``, normalised, without repeats."""
+    return list(dict.fromkeys(host_pattern(host) for host in (*LOOPBACK_HOSTS, *(allowed_hosts or ()))))
+
+
 def create_app(bundle_path: str | Path | None = None, index_path: str | Path | None = None, *,
                token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto",
-               inference_threads: int = DEFAULT_INFERENCE_THREADS, service: Service | None = None) -> FastAPI:
+               inference_threads: int = DEFAULT_INFERENCE_THREADS, service: Service | None = None,
+               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+               concurrent_decodes: int = DEFAULT_CONCURRENT_DECODES,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """The FastAPI app for a bundle (or run folder) and an optional specimen index.
 
     The model is loaded here, not on the first request, so that a bad bundle fails at
     start-up. ``service`` replaces loading (tests that share one loaded model).
+    ``allowed_hosts``: Host header names answered besides ``localhost``, ``127.0.0.1``
+    and ``[::1]`` (``"*"`` answers any); every other Host gets 400, which stops DNS
+    rebinding (a page on evil.example whose name now resolves to 127.0.0.1).
     """
     if token is not None and not token:
         raise ValueError("the token must not be empty")
     if max_upload_bytes < 1:
         raise ValueError("max_upload_bytes must be positive")
+    gate = DecodeGate(max_upload_pixels, concurrent_decodes, max_upload_bytes)
+    hosts = answered_hosts(allowed_hosts)
     if service is None:
         if bundle_path is None:
             raise ValueError("create_app needs a bundle path (or a loaded service)")
@@ -250,9 +337,11 @@ def create_app(bundle_path: str | Path | None = None, index_path: str | Path | N
                   description="Identify plant species from herbarium sheet images. " + _auth_note(token))
     app.state.service = service
     app.state.inference_threads = max(1, inference_threads)
+    app.state.allowed_hosts = hosts
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     install_error_handlers(app)
     add_page_routes(app)
-    add_api_routes(app, service, token=token, max_upload_bytes=max_upload_bytes)
+    add_api_routes(app, service, token=token, gate=gate)
     return app
 
 
@@ -273,13 +362,15 @@ def add_page_routes(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
-def add_api_routes(app: FastAPI, service: Service, *, token: str | None, max_upload_bytes: int) -> None:
+def add_api_routes(app: FastAPI, service: Service, *, token: str | None, gate: DecodeGate) -> None:
     guard = [Depends(bearer_guard(token))]
+    max_upload_bytes = gate.max_upload_bytes
 
     @app.get("/api/health", tags=["service"])
     async def health() -> dict[str, Any]:
-        """Liveness and what is loaded; never needs the token (it reveals no data)."""
-        return {**service.health(), "auth": token is not None, "max_upload_bytes": max_upload_bytes}
+        """Liveness, what is loaded and the upload limits; never needs the token (it reveals no data)."""
+        return {**service.health(), "auth": token is not None, "max_upload_bytes": max_upload_bytes,
+                "limits": gate.limits()}
 
     @app.get("/api/model", tags=["service"], dependencies=guard, responses={401: ERROR_RESPONSES[401]})
     async def model_info() -> dict[str, Any]:
@@ -295,7 +386,7 @@ def add_api_routes(app: FastAPI, service: Service, *, token: str | None, max_upl
         if similar and service.index is None:
             raise NoIndexError(NO_INDEX)
         upload = await read_upload(request, limit=max_upload_bytes)
-        return await run_blocking(app, service.analyse, upload.data, top_k=top_k, similar=similar)
+        return await run_blocking(app, service.analyse, upload.data, top_k=top_k, similar=similar, gate=gate)
 
     @app.post("/api/similar", tags=["identify"], dependencies=guard, openapi_extra=UPLOAD_BODY,
               responses={**ERROR_RESPONSES, 409: {"description": "no specimen index is loaded"}})
@@ -304,7 +395,7 @@ def add_api_routes(app: FastAPI, service: Service, *, token: str | None, max_upl
         if service.index is None:
             raise NoIndexError(NO_INDEX)
         upload = await read_upload(request, limit=max_upload_bytes)
-        result = await run_blocking(app, service.analyse, upload.data, top_k=1, similar=k)
+        result = await run_blocking(app, service.analyse, upload.data, top_k=1, similar=k, gate=gate)
         return {"neighbours": result["similar"], "model_id": result["model_id"]}
 
     @app.get("/api/specimens/{image_id}/thumbnail", tags=["specimens"], dependencies=guard,

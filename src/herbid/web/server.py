@@ -5,6 +5,10 @@ machines must either demand a bearer token or be opened explicitly with ``no_aut
 a model server on ``0.0.0.0`` that anyone on the network can use to run inference (and
 to list a collection's specimens) should never happen by accident. Tokens travel in
 clear text over plain HTTP, so beyond a trusted network put a TLS proxy in front.
+
+Only requests whose ``Host`` header names the server are answered (see
+:func:`served_hosts`): a loopback server without a token must not be usable by a web
+page whose own name was rebound to 127.0.0.1 (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from herbid.data.imaging import DEFAULT_MAX_PIXELS
-from herbid.web.app import MiB, create_app
+from herbid.errors import UserError
+from herbid.web.app import DEFAULT_CONCURRENT_DECODES, DEFAULT_MAX_UPLOAD_PIXELS, MiB, answered_hosts, create_app
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_CONNECTIONS = 32
 
 
-class UnsafeBindError(ValueError):
+class UnsafeBindError(UserError, ValueError):
     """A bind address reachable from other machines without a token or an explicit --no-auth."""
 
 
@@ -64,18 +69,49 @@ def check_bind(host: str, *, token: str | None = None, no_auth: bool = False) ->
         "to anyone who can reach it, or bind 127.0.0.1")
 
 
+def is_wildcard(host: str) -> bool:
+    """True for bind addresses that mean "every interface" (``0.0.0.0``, ``::``)."""
+    name = host.strip().strip("[]")
+    try:
+        return ipaddress.ip_address(name).is_unspecified
+    except ValueError:
+        return name == ""
+
+
+def served_hosts(host: str, allowed_hosts: Sequence[str] | None = None) -> list[str]:
+    """The Host header names ``serve`` answers when bound to ``host``; others get 400.
+
+    Always the loopback names (``localhost``, ``127.0.0.1``, ``[::1]``), plus the bound
+    address, or for a wildcard bind (``0.0.0.0``, ``::``) this machine's host name, plus
+    every ``--allowed-host`` (``*.example.org`` and ``*`` are wildcards). Clients that use
+    another name or an IP address of a wildcard-bound server need ``--allowed-host``.
+    """
+    own = [socket.gethostname()] if is_wildcard(host) else [host]
+    return answered_hosts([*own, *(allowed_hosts or ())])
+
+
 def serve(bundle: str | Path, index: str | Path | None = None, *, host: str = DEFAULT_HOST,
           port: int = DEFAULT_PORT, token: str | None = None, no_auth: bool = False,
           max_upload_mb: float = 20, max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto",
-          max_connections: int = DEFAULT_MAX_CONNECTIONS, log_level: str = "info") -> None:
+          max_connections: int = DEFAULT_MAX_CONNECTIONS, log_level: str = "info",
+          max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, concurrent_decodes: int = DEFAULT_CONCURRENT_DECODES,
+          allowed_hosts: Sequence[str] | None = None) -> None:
     """Check the bind rules, load the model, and serve until interrupted."""
     import uvicorn
 
     check_bind(host, token=token, no_auth=no_auth)
     if max_upload_mb <= 0:
         raise ValueError("--max-upload-mb must be positive")
+    hosts = served_hosts(host, allowed_hosts)  # validated before the slow model load
     app = create_app(bundle, index, token=token, max_upload_bytes=int(max_upload_mb * MiB),
-                     max_pixels=max_pixels, device=device)
+                     max_pixels=max_pixels, device=device, max_upload_pixels=max_upload_pixels,
+                     concurrent_decodes=concurrent_decodes, allowed_hosts=hosts)
+    if "*" in hosts:
+        log.warning("--allowed-host '*': requests naming any Host are answered (no DNS-rebinding defence)")
+    else:  # Starlette's 400 says only "Invalid host header": say here what is answered
+        log.log(logging.WARNING if is_wildcard(host) else logging.INFO,
+                "answering requests for Host %s; others get 400 (add names with --allowed-host NAME)",
+                ", ".join(hosts))
     if no_auth and not is_loopback(host):
         log.warning("serving on %s without authentication (--no-auth): anyone who can reach it can use it", host)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False,

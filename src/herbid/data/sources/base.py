@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from herbid.data.records import Problem, SourceRecord
+from herbid.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """A location that cannot be read at all (as opposed to a bad row inside it)."""
 
 

@@ -354,12 +354,25 @@ def _not_image(values: Mapping[str, str | None]) -> str | None:
 class _ArchiveReader:
     """One pass over an archive: multimedia first (kept in memory), then the core."""
 
-    def __init__(self, container: _Container, meta: ArchiveMeta, source: str, problems: ProblemLog) -> None:
+    def __init__(
+        self,
+        container: _Container,
+        meta: ArchiveMeta,
+        source: str,
+        problems: ProblemLog,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.container = container
         self.meta = meta
         self.problems = problems
+        options = options or {}
         self.rules = RowRules(
-            source=source, base=container.base, confine=True, check_local=container.check_local
+            source=source,
+            base=container.base,
+            confine=True,
+            check_local=container.check_local,
+            roots=tuple(options.get("media_roots") or ()),
+            follow_symlinks=bool(options.get("follow_symlinks")),
         )
         self.seen: set[str] = set()
 
@@ -489,7 +502,7 @@ class DwcaSource(Source):
     def records(self, problems: ProblemLog) -> Iterator[SourceRecord]:
         with read_errors_as_source_error(self.location), self._container() as container:
             meta = parse_meta(container.read_meta(), container.where(META))
-            yield from _ArchiveReader(container, meta, self.name, problems).records()
+            yield from _ArchiveReader(container, meta, self.name, problems, self.options).records()
 
     @contextmanager
     def _container(self) -> Iterator[_Container]:

@@ -12,7 +12,9 @@ every other parameter goes to the API as a search filter. Only preserved specime
 still images are asked for. Constructing a source does no network I/O; :meth:`records`
 pages through the API (several pages at once, ``workers`` at most) with the retry policy
 of :func:`herbid.data.download.get_json`. Base URLs can be pointed elsewhere (a test
-server, a mirror) with ``base_url=`` or ``HERBID_IDIGBIO_URL`` / ``HERBID_GBIF_URL``.
+server, a mirror) with ``base_url=`` or ``HERBID_IDIGBIO_URL`` / ``HERBID_GBIF_URL``; one
+on a loopback or private address (and any redirect there) is refused unless
+``allow_private_hosts``, as image downloads are.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class _PortalSource(Source):
         timeout: float = 30.0,
         sleep: Callable[[float], None] | None = None,
         client: httpx.Client | None = None,
+        allow_private_hosts: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(location, **options)
@@ -122,6 +125,7 @@ class _PortalSource(Source):
         self.timeout = timeout
         self.sleep = sleep
         self.client = client
+        self.allow_private_hosts = allow_private_hosts
 
     def _query_text(self) -> str:
         text = self.location.strip()
@@ -165,10 +169,10 @@ class _PortalSource(Source):
         if self.client is not None:
             yield self.client
             return
+        # No follow_redirects: get_json follows them, checking every hop.
         client = httpx.Client(
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(max_connections=self.workers),
-            follow_redirects=True,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
         )
         try:
@@ -179,9 +183,11 @@ class _PortalSource(Source):
     def get(self, client: httpx.Client, path: str, params: Any) -> dict[str, Any]:
         """GET ``base_url + path`` as JSON with the shared retry policy."""
         return get_json(client, f"{self.base_url}{path}", params, retries=self.retries, sleep=self.sleep,
-                        timeout=self.timeout)
+                        timeout=self.timeout, allow_private_hosts=self.allow_private_hosts)
 
     def _whole_failure(self, error: FetchError) -> SourceError:
+        if error.refused:
+            return SourceError(f"not querying {self.host}: {error.reason}")
         if error.unreachable:
             detail = error.reason.removeprefix("unreachable: ")
             return SourceError(f"cannot reach {self.host}: {detail}; are you offline?")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
+import os
 import re
 import zipfile
 import zlib
@@ -49,6 +49,7 @@ from herbid.data.sources.base import (
     SourceError,
     register_source,
 )
+from herbid.data.url_policy import unsupported_scheme
 
 #: Columns that may hold an image location, in order of preference.
 IMAGE_COLUMNS: tuple[str, ...] = (
@@ -81,6 +82,9 @@ _CANONICAL = {term.lower(): term for term in _KNOWN_TERMS}
 _DELIMITER_CANDIDATES = ("\t", ",", ";", "|")
 _SAMPLE_BYTES = 64 * 1024
 _CHUNK_BYTES = 1 << 16
+#: Longest line read: Darwin Core rows are a few KB, an ``associatedMedia`` list of hundreds
+#: of URLs ~100 KB. A longer line is skipped (never held in memory) and reported.
+MAX_LINE_BYTES = 1 << 20
 _URL_SCHEMES = frozenset({"http", "https"})
 _MEDIA_SEPARATORS = re.compile(r"\s*[|;]\s*")
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
@@ -219,26 +223,96 @@ def sniff_encoding(sample: bytes) -> str:
     return "utf-8-sig"
 
 
-def split_lines(stream: IO[bytes], terminator: bytes = b"\n") -> Iterator[bytes]:
+def split_lines(
+    stream: IO[bytes],
+    terminator: bytes = b"\n",
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    on_long_line: Callable[[int], None] | None = None,
+) -> Iterator[bytes]:
     """Raw lines, line ends kept, streamed in chunks (files may be gigabytes).
 
     ``\\n``, ``\\r\\n`` and ``\\r`` are all accepted whatever the declared terminator,
     because archives routinely declare one and use another; any other declared
     terminator is split on literally and replaced by ``\\n`` for the csv module.
+
+    Linear in the input: each chunk is searched once, whatever the line length. A line
+    over ``max_line_bytes`` is dropped as it streams (memory stays bounded), given as a
+    blank line so that later line numbers stay right, and passed to ``on_long_line`` by
+    its 1-based number.
     """
-    universal = terminator in (b"\n", b"\r\n", b"\r")
-    pending = b""
-    while chunk := stream.read(_CHUNK_BYTES):
-        data = pending + chunk
-        if universal:
-            lines = data.splitlines(keepends=True)
-            pending = lines.pop() if lines else b""
-            yield from lines
+    return _split_chunks(iter(lambda: stream.read(_CHUNK_BYTES), b""), terminator, max_line_bytes, on_long_line)
+
+
+def _split_chunks(
+    chunks: Iterable[bytes],
+    terminator: bytes,
+    max_line_bytes: int,
+    on_long_line: Callable[[int], None] | None,
+) -> Iterator[bytes]:
+    line = _Line(max_line_bytes, on_long_line)
+    if terminator in (b"\n", b"\r\n", b"\r"):
+        for chunk in chunks:
+            if line.open_cr:  # the previous chunk ended in \r: a \r\n may straddle the chunks
+                if chunk.startswith(b"\n"):
+                    line.add(b"\n")
+                    chunk = chunk[1:]
+                yield line.end()
+            pieces = chunk.splitlines(keepends=True)
+            for index, piece in enumerate(pieces, start=1):
+                line.add(piece)
+                if piece.endswith(b"\r") and index == len(pieces):
+                    line.open_cr = True  # a \n may open the next chunk
+                elif piece.endswith((b"\n", b"\r")):
+                    yield line.end()
+    else:
+        keep = len(terminator) - 1  # a terminator may straddle two chunks
+        carry = b""
+        for chunk in chunks:
+            *whole, last = (carry + chunk).split(terminator)
+            for piece in whole:
+                line.add(piece)
+                line.add(b"\n")
+                yield line.end()
+            carry = last[max(0, len(last) - keep):]
+            line.add(last[: len(last) - len(carry)])
+        line.add(carry)
+    if line.held or line.open_cr:
+        yield line.end()
+
+
+class _Line:
+    """The line being assembled: its pieces, or nothing once it is over the limit."""
+
+    def __init__(self, limit: int, on_long_line: Callable[[int], None] | None) -> None:
+        self.limit = limit
+        self.on_long_line = on_long_line
+        self.parts: list[bytes] = []
+        self.held = 0
+        self.dropping = False
+        self.open_cr = False
+        self.number = 0
+
+    def add(self, piece: bytes) -> None:
+        if self.dropping or not piece:
+            return
+        self.held += len(piece)
+        if self.held > self.limit:
+            self.dropping = True
+            self.parts.clear()
         else:
-            *lines, pending = data.split(terminator)
-            yield from (line + b"\n" for line in lines)
-    if pending:
-        yield pending
+            self.parts.append(piece)
+
+    def end(self) -> bytes:
+        self.number += 1
+        if self.dropping:
+            if self.on_long_line:
+                self.on_long_line(self.number)
+            line = b"\n"
+        else:
+            line = b"".join(self.parts)
+        self.parts, self.held, self.dropping, self.open_cr = [], 0, False, False
+        return line
 
 
 class LineDecoder:
@@ -311,8 +385,9 @@ def sniff_dialect(sample: bytes, suffix: str) -> Dialect:
 class TextTable:
     """The rows of one delimited file, each with the line it starts on.
 
-    Blank lines are skipped; a row the csv module cannot parse (an oversized field) is
-    reported and skipped rather than ending the file.
+    Blank lines are skipped; a row the csv module cannot parse (a field over
+    ``csv.field_size_limit()``, 131,072 characters by default) and a line over
+    :data:`MAX_LINE_BYTES` are reported and skipped rather than ending the file.
     """
 
     opener: Callable[[], IO[bytes]]
@@ -322,19 +397,29 @@ class TextTable:
 
     def rows(self, problems: ProblemLog) -> Iterator[tuple[int, list[str]]]:
         with read_errors_as_source_error(self.display), self.opener() as stream:
-            reader = csv.reader(self._text_lines(stream), **self.dialect.csv_options())
+            reader = csv.reader(self._text_lines(stream, problems), **self.dialect.csv_options())
             yield from self._parsed(reader, problems)
 
     @property
     def fallback_lines(self) -> int:
         return self._decoder.fallbacks if self._decoder else 0
 
-    def _text_lines(self, stream: IO[bytes]) -> Iterable[str]:
+    def _text_lines(self, stream: IO[bytes], problems: ProblemLog) -> Iterable[str]:
+        """Decoded lines; UTF-16/32 text is transcoded to UTF-8 first so that it is split
+        (and its line length capped) by the same byte splitter."""
         encoding = self.dialect.encoding
+        chunks: Iterable[bytes] = iter(lambda: stream.read(_CHUNK_BYTES), b"")
         if not ascii_compatible(encoding):
-            return io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="")
+            chunks = _transcoded(chunks, encoding)
+            encoding = "utf-8"
         self._decoder = LineDecoder(encoding)
-        return map(self._decoder, split_lines(stream, self.dialect.terminator.encode(without_bom(encoding))))
+
+        def too_long(number: int) -> None:
+            problems.add(_STAGE, f"{self.display}:{number}", "line too long",
+                         detail=f"over {MAX_LINE_BYTES:,} bytes; line skipped")
+
+        terminator = self.dialect.terminator.encode(without_bom(encoding))
+        return map(self._decoder, _split_chunks(chunks, terminator, MAX_LINE_BYTES, too_long))
 
     def _parsed(self, reader: Any, problems: ProblemLog) -> Iterator[tuple[int, list[str]]]:
         while True:
@@ -360,6 +445,14 @@ class TextTable:
                 detail=f"{_lines(self.fallback_lines)} not valid {without_bom(self.dialect.encoding)}; "
                 "read as Latin-1",
             )
+
+
+def _transcoded(chunks: Iterable[bytes], encoding: str) -> Iterator[bytes]:
+    """UTF-8 bytes of text in ``encoding`` (undecodable bytes become U+FFFD)."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    for chunk in chunks:
+        yield decoder.decode(chunk).encode("utf-8")
+    yield decoder.decode(b"", final=True).encode("utf-8")
 
 
 def _lines(count: int) -> str:
@@ -416,10 +509,12 @@ def split_media(value: str | None) -> list[str]:
 
 
 def looks_like_location(value: str, *, need_suffix: bool = False) -> bool:
-    """Whether a value can name an image: an http(s)/file URL or a file path.
+    """Whether a value can name an image: an http(s)/file URL, another URL or a file path.
 
-    ``need_suffix`` asks paths to end in an image suffix, for columns such as
-    ``identifier`` that often hold catalogue numbers rather than file names.
+    Another scheme's URL (``ftp://...``) counts so that it is reported as an unsupported
+    scheme rather than as a row without an image. ``need_suffix`` asks paths (and such
+    URLs) to end in an image suffix, for columns such as ``identifier`` that often hold
+    catalogue numbers rather than file names.
     """
     value = value.strip()
     if not value:
@@ -427,19 +522,33 @@ def looks_like_location(value: str, *, need_suffix: bool = False) -> bool:
     scheme = urlsplit(value).scheme.lower()
     if scheme in _URL_SCHEMES or scheme == "file":
         return True
-    if scheme and not _DRIVE.match(value):
-        return False
+    if scheme and not _DRIVE.match(value) and not value[len(scheme) + 1:].startswith("//"):
+        return False  # "urn:catalog:COL:5" names a specimen, not a file
     return not need_suffix or PurePosixPath(value.replace("\\", "/")).suffix.lower() in IMAGE_SUFFIXES
 
 
-def resolve_media(value: str, base: Path, *, confine: bool) -> str:
+def resolve_media(
+    value: str,
+    base: Path,
+    *,
+    confine: bool,
+    roots: Sequence[Path] = (),
+    follow_symlinks: bool = False,
+    outside: str = "media path outside the archive",
+) -> str:
     """An http(s) URL as is, or an absolute local path (relative ones against ``base``).
 
-    With ``confine`` (downloaded archives) a local path must stay inside ``base``: an
-    archive naming ``/home/you/private.jpg`` or ``../../x.jpg`` must not pull files
-    from elsewhere on the machine into a dataset.
+    With ``confine`` (every CSV and archive source) a local path must resolve inside
+    ``base`` or one of ``roots`` (folders the user named): a table naming
+    ``/etc/passwd``, ``file:///dev/zero`` or ``../../x.jpg`` must not pull files from
+    elsewhere on the machine into a dataset. Symlinks are resolved before the check, so
+    a link inside the folder that leads out is refused too, unless ``follow_symlinks``
+    (then a path that stays inside by name may lead anywhere). A refused path is a
+    :class:`MediaError` with reason ``outside``; it is never opened.
     """
     value = value.strip()
+    if "\x00" in value:  # no file has such a name; the OS call would raise instead of refusing
+        raise MediaError("media path holds a NUL byte", one_line(value.replace("\x00", "\\0"), 200))
     parts = urlsplit(value)
     scheme = parts.scheme.lower()
     if scheme in _URL_SCHEMES:
@@ -447,16 +556,25 @@ def resolve_media(value: str, base: Path, *, confine: bool) -> str:
     if scheme == "file":
         local = url2pathname(parts.path)
     elif scheme and not _DRIVE.match(value):
-        raise MediaError("unsupported media location", one_line(value, 200))
+        raise MediaError(unsupported_scheme(scheme).reason, one_line(value, 200))
     else:
         local = value.replace("\\", "/")
-    path = Path(local)
-    if confine and (path.is_absolute() or _DRIVE.match(local)):
-        raise MediaError("media path outside the archive", one_line(value, 200))
-    resolved = (base / path).resolve()
-    if confine and not resolved.is_relative_to(base.resolve()):
-        raise MediaError("media path outside the archive", one_line(value, 200))
-    return str(resolved)
+    joined = base / Path(local)
+    resolved = joined.resolve()
+    if not confine:
+        return str(resolved)
+    folders = [base, *(Path(root).expanduser() for root in roots)]
+    if not _DRIVE.match(local):
+        if _within(resolved, [folder.resolve() for folder in folders]):
+            return str(resolved)
+        by_name = Path(os.path.normpath(joined.absolute()))  # ``..`` applied, symlinks not followed
+        if follow_symlinks and _within(by_name, [folder.absolute() for folder in folders]):
+            return str(resolved)
+    raise MediaError(outside, one_line(value, 200))
+
+
+def _within(path: Path, folders: Sequence[Path]) -> bool:
+    return any(path.is_relative_to(folder) for folder in folders)
 
 
 # --------------------------------------------------------------------------- rows → records
@@ -471,9 +589,16 @@ class RowRules:
     confine: bool = False
     #: Extra check on a resolved local path (a DwC-A zip reports images stored inside it).
     check_local: Callable[[str, str], None] | None = None
+    #: Folders the user named (``--media-root``) that confined paths may also point into.
+    roots: tuple[Path, ...] = ()
+    #: Let a path that is inside by name follow a symlink out (``--follow-symlinks``).
+    follow_symlinks: bool = False
+    #: The problem reason for a confined path that leads out.
+    outside: str = "media path outside the archive"
 
     def resolve(self, value: str) -> str:
-        location = resolve_media(value, self.base, confine=self.confine)
+        location = resolve_media(value, self.base, confine=self.confine, roots=self.roots,
+                                 follow_symlinks=self.follow_symlinks, outside=self.outside)
         if self.check_local and urlsplit(location).scheme.lower() not in _URL_SCHEMES:
             self.check_local(value, location)
         return location
@@ -622,7 +747,8 @@ class DwcCsvSource(Source):
     (macOS ``__MACOSX/`` forks and hidden files ignored); a folder without ``meta.xml``
     whose top level holds exactly one table naming both a name and an image column (see
     :func:`folder_table`). Local image paths resolve against the table's folder (the
-    zip's folder for a zip); URLs pass through.
+    zip's folder for a zip) and must stay inside it or inside a folder the user names
+    (``media_roots`` / ``--media-root``): see :func:`resolve_media`. URLs pass through.
     """
 
     name = "csv"
@@ -683,7 +809,14 @@ class DwcCsvSource(Source):
         with read_errors_as_source_error(location.display), opener() as stream:
             sample = stream.read(_SAMPLE_BYTES)
         table = TextTable(opener, location.display, sniff_dialect(sample, location.suffix))
-        rules = RowRules(source=self.name, base=location.path.parent)
+        rules = RowRules(
+            source=self.name,
+            base=location.path.parent,
+            confine=True,
+            roots=tuple(self.options.get("media_roots") or ()),
+            follow_symlinks=bool(self.options.get("follow_symlinks")),
+            outside="media path outside the source folder",
+        )
         yield from _CsvReader(table, rules, problems).records()
         table.report_fallback(problems)
 
