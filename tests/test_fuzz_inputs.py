@@ -14,11 +14,8 @@ import io
 import os
 import random
 import struct
-import threading
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -28,44 +25,13 @@ from PIL import Image
 from herbid.data.build import BuildOptions, build_dataset, read_sources
 from herbid.data.sources.base import ProblemLog
 from herbid.data.sources.tabular import MAX_LINE_BYTES
+from peak_rss import PeakRss
 
 SEED = 20261204
 #: Kept and reported rows together; "converted" and "reported" notes do not remove a row.
 REMOVING = ("dropped", "quarantined")
 #: Resident memory the whole fuzz run may add (the images are small; bombs are refused).
 MAX_EXTRA_RSS = 600 * 2**20
-
-
-class PeakRss:
-    """Peak resident set size of this process while the block runs (sampled every 5 ms)."""
-
-    def __init__(self) -> None:
-        self.start = self.peak = _rss()
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
-
-    @contextmanager
-    def watching(self) -> Iterator[PeakRss]:
-        thread = threading.Thread(target=self._sample, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            thread.join()
-            self.peak = max(self.peak, _rss())
-
-    @property
-    def extra(self) -> int:
-        return self.peak - self.start
-
-
-def _rss() -> int:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 # --- generators --------------------------------------------------------------------------
@@ -291,3 +257,34 @@ def test_fuzz_sources_account_for_every_input(rng: random.Random, tmp_path: Path
     # every archive: records read, or at least one problem naming it
     assert all(count > 0 or len(problems) > 0 for count, problems in archives)
     assert sum(count > 0 for count, _ in archives) >= 5  # some mutations leave a readable archive
+
+
+def test_fuzz_upload_decoder_answers_every_upload(rng: random.Random, tmp_path_factory: pytest.TempPathFactory
+                                                 ) -> None:
+    from fastapi.testclient import TestClient
+
+    from herbid.web.app import create_app
+    from test_web import LOCAL, upload, web_assets
+
+    assets = web_assets(tmp_path_factory)
+    images = malformed_images(random.Random(SEED + 1), 200)
+    statuses: list[int] = []
+    details: list[str] = []
+    started = time.monotonic()
+    with TestClient(create_app(service=assets.service), base_url=LOCAL) as client, PeakRss().watching() as memory:
+        for suffix, data in images:
+            reply = client.post("/api/identify", files=upload(data, f"sheet{suffix}", "application/octet-stream"))
+            statuses.append(reply.status_code)
+            body = reply.json()
+            details.append(body.get("detail", ""))
+            # a one-line reason for every refusal, an identification for every success
+            assert ("top" in body) if reply.status_code == 200 else (body["detail"] and "\n" not in body["detail"])
+    elapsed = time.monotonic() - started
+
+    assert len(statuses) == len(images)
+    assert set(statuses) <= {200, 400, 413, 415, 422}, sorted(set(statuses))
+    assert statuses.count(200) > 0 and sum(status >= 400 for status in statuses) > len(images) // 2
+    # the header-only 60 000² PNG and the 1-bit 20 000² bomb: refused from the header, never decoded
+    assert sum("decompression bomb" in detail for detail in details) >= 2, set(details)
+    assert elapsed < 40, f"200 uploads took {elapsed:.0f} s"
+    assert memory.extra < MAX_EXTRA_RSS, f"resident memory grew by {memory.extra / 2**20:.0f} MiB"
