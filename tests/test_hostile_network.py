@@ -25,6 +25,7 @@ import pytest
 from fake_portal import make_image
 
 from herbid.cli.main import main
+from herbid.data import download
 from herbid.data.download import MAX_REDIRECTS, FetchError, download_images, get_json
 from herbid.data.sources.base import ProblemLog, SourceError
 from herbid.data.sources.portals import GBIFSource
@@ -490,3 +491,35 @@ def test_row07_portal_redirect_to_gopher_unsupported_no_retry(dns: dict[str, lis
     assert caught.value.reason == "unsupported URL scheme: 'gopher'; redirect 1 to gopher://api.example.org:70/1"
     assert asked == [url]
     assert sleeps == []
+
+
+# --- portal answers: bounded in bytes and in nesting ------------------------------------------------
+
+
+def test_portal_answer_over_the_byte_cap_is_refused_without_reading_on(dns: dict[str, list[str]],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    dns["api.example.org"] = [PUBLIC]
+    url = "https://api.example.org/v1/occurrence/search"
+    monkeypatch.setattr(download, "MAX_JSON_BYTES", 1000)
+    pieces: list[int] = []
+
+    def endless() -> Iterator[bytes]:  # a body that never ends: only the cap stops the read
+        yield b'{"results": ['
+        while True:
+            pieces.append(1)
+            yield b'{"a": 1},' * 50
+
+    client, _ = mock_client({url: httpx.Response(200, content=endless())})
+    with client, pytest.raises(FetchError) as caught:
+        get_json(client, url, None, sleep=Sleeps())
+    assert caught.value.reason == "too large: API answer over 1,000 bytes"
+    assert len(pieces) <= 3
+
+
+def test_portal_answer_nested_beyond_recursion_is_not_json(dns: dict[str, list[str]]) -> None:
+    dns["api.example.org"] = [PUBLIC]
+    url = "https://api.example.org/v1/occurrence/search"
+    client, _ = mock_client({url: httpx.Response(200, content=b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")})
+    with client, pytest.raises(FetchError) as caught:
+        get_json(client, url, None, sleep=Sleeps())
+    assert caught.value.reason.startswith("not JSON")

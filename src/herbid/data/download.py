@@ -55,6 +55,9 @@ backoff_sleep: Callable[[float], None] = time.sleep
 USER_AGENT = f"herbid/{__version__} (herbarium dataset builder; python-httpx)"
 #: Redirects followed per request (httpx's own default), every hop checked like the first URL.
 MAX_REDIRECTS = 20
+#: Largest portal API answer read (a page of 100 iDigBio records is ~0.5 MB): a hostile or
+#: broken server cannot make herbid hold an endless body in memory.
+MAX_JSON_BYTES = 64 * 2**20
 
 #: Extensions a downloaded image may get; anything else is named ``.bin`` for the image stage to judge.
 _IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"})
@@ -257,15 +260,15 @@ def get_json(
         request = client.build_request("GET", url, params=params, timeout=request_timeout)
         try:
             with _send_checked(client, request, allow_private_hosts=allow_private_hosts) as response:
-                response.read()
+                body = _read_at_most(response, MAX_JSON_BYTES)
         except httpx.TransportError as exc:
             raise _classify_transport_error(exc, _timeout_seconds(request_timeout)) from exc
         if 400 <= response.status_code < 500 and response.status_code != 429:
-            snippet = " ".join(response.text[:300].split())
+            snippet = " ".join(body[:300].decode("utf-8", "replace").split())
             raise _GiveUp(f"http error: {response.status_code} {response.reason_phrase}: {snippet}",
                           response.status_code)
         _check_status(response, policy, attempt)
-        return _json_object(response)
+        return _json_object(body)
 
     try:
         return _Attempts(policy).run(attempt_once)
@@ -324,10 +327,22 @@ def _send_checked(
     raise _GiveUp(f"too many redirects: more than {MAX_REDIRECTS}")
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
+def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The (decoded) body of ``response``; :class:`_GiveUp` past ``limit`` bytes, without reading on."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _GiveUp(f"too large: API answer over {limit:,} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        data = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[… nesting
         raise _GiveUp(f"not JSON: {error_text(exc)}") from exc
     if not isinstance(data, dict):
         raise _GiveUp(f"not JSON: expected an object, got {type(data).__name__}")
