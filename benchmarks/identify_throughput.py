@@ -35,9 +35,9 @@ import torch
 
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.identification import Identifier, find_images, identify_paths
+from herbid.inference.bundle import save_bundle
+from herbid.inference.forward import SheetClassifier
 from herbid.models.registry import create_model
-from herbid.models.tta import with_tta
-from herbid.training.bundle import save_bundle
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "harvard-herbaria"
 
@@ -86,7 +86,7 @@ def time_preprocess(identifier: Identifier, folder: Path, workers: int) -> float
 
 def time_bare(identifier: Identifier, n: int, batch_size: int) -> float:
     size = identifier.bundle.preprocessing.input_size
-    model = with_tta(identifier.bundle.model, identifier.bundle.preprocessing.tta)
+    model = SheetClassifier(identifier.bundle.model, identifier.bundle.preprocessing.tta)
     batches = [torch.randn(min(batch_size, n - i), 3, size, size) for i in range(0, n, batch_size)]
     device = identifier.device
     with torch.no_grad():

@@ -56,8 +56,8 @@ class LoadResult:
 
 def untrained_bundle(folder: Path, arch: str, n_species: int = 20) -> Path:
     """A bundle of ``arch`` with random weights and invented species (inference cost only)."""
+    from herbid.inference.bundle import save_bundle
     from herbid.models.registry import create_model
-    from herbid.training.bundle import save_bundle
 
     model, _ = create_model(arch, n_species)
     species = [f"Genus{i // 4} species{i}" for i in range(n_species)]

@@ -35,10 +35,10 @@ from torch.utils.data import DataLoader
 
 from herbid.data.folder import load_manifest
 from herbid.data.splits import text_column
-from herbid.evaluation.metrics import predict_logits
-from herbid.models.tta import with_tta
-from herbid.training.bundle import load_bundle
-from herbid.training.data import ManifestDataset, eval_transform, select_rows
+from herbid.inference.bundle import load_bundle
+from herbid.inference.forward import forward
+from herbid.inference.pixels import eval_transform
+from herbid.inference.sheets import ManifestDataset, select_rows
 
 VIOLA_PATTERN = r"_(\d+)_\d+\.\w+$"
 
@@ -53,9 +53,10 @@ def herbarium_of(frame: pd.DataFrame, column: str | None, pattern: str) -> list[
 def test_probabilities(run: str, dataset: Path, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
     bundle = load_bundle(run)
     data = ManifestDataset(dataset, test, bundle.species, eval_transform(bundle.preprocessing))
-    model = with_tta(bundle.model.eval(), bundle.preprocessing.tta)
+    model = bundle.model.eval()
     with torch.inference_mode():
-        logits, targets = predict_logits(model, DataLoader(data, batch_size=16), "cpu")
+        out = forward(model, DataLoader(data, batch_size=16), "cpu", tta=bundle.preprocessing.tta)
+        logits, targets = out.logits, out.targets
     return (logits / bundle.temperature).softmax(1).numpy(), targets.numpy(), bundle.species
 
 

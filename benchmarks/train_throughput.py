@@ -41,9 +41,10 @@ from herbid.data.folder import load_manifest
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.evaluation.metrics import evaluate_model
+from herbid.inference.pixels import eval_transform
+from herbid.inference.sheets import ManifestDataset, select_rows, species_and_taxonomy
 from herbid.models.registry import create_model
 from herbid.training.config import TrainConfig
-from herbid.training.data import ManifestDataset, eval_transform, select_rows, species_and_taxonomy
 from herbid.training.loop import TrainHooks, train
 from herbid.training.prepare import loader_workers
 

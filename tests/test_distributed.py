@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from herbid.evaluation.metrics import evaluate_model
-from herbid.training.data import ShardSampler
+from herbid.inference.sheets import ShardSampler
 
 N_EVAL = 13
 N_CLASSES = 7
@@ -109,7 +109,7 @@ def test_distributed_evaluation_counts_each_image_once(launched: Path) -> None:
 
 def test_two_process_training_writes_one_bundle(launched: Path) -> None:
     from herbid.data.folder import load_manifest
-    from herbid.training.bundle import load_bundle
+    from herbid.inference.bundle import load_bundle
     from herbid.training.curves import read_metrics
 
     run = launched / "run"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fake_portal import FakePortal, closed_port
 from PIL import Image
 
+from fake_portal import FakePortal, closed_port
 from herbid.data import download
 from herbid.data.download import (
     FetchError,

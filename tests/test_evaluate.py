@@ -14,7 +14,7 @@ from herbid.data.folder import load_manifest
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.evaluation.evaluate import evaluate_bundle, rank_top1, topk_hits
-from herbid.training.bundle import load_bundle
+from herbid.inference.bundle import load_bundle
 from herbid.training.config import load_config
 from herbid.training.loop import train
 
@@ -101,26 +101,68 @@ def test_rank_top1_sums_probabilities_per_taxon():
 
 def test_knn_fusion_mixes_in_neighbour_votes(trained):
     import numpy as np
-    from herbid.evaluation.baselines import knn_classify, pooled_features
-    from herbid.training.data import ManifestDataset, eval_transform
     from torch.utils.data import DataLoader
 
+    import torch.nn.functional as F
+    from herbid.evaluation.baselines import knn_classify
+    from herbid.inference.pixels import eval_transform
+    from herbid.inference.sheets import ManifestDataset
+
     bundle = load_bundle(trained.result.run_dir)
+    assert bundle.preprocessing.tta == "none"  # so one plain forward pass below is what evaluate runs
+    assert bundle.temperature == 1.0  # no val split, no calibration: give it one, so that T matters below
+    bundle.temperature = 2.0
     plain = evaluate_bundle(bundle, trained.dataset, split="test", device="cpu")
     assert plain["knn_fusion"] == 0.0
+    # w = 0 is the unfused evaluation, bit for bit (no k-NN pass, no log/clamp round trip)
+    assert evaluate_bundle(bundle, trained.dataset, split="test", device="cpu", knn_fusion=0.0) == plain
     only_knn = evaluate_bundle(bundle, trained.dataset, split="test", device="cpu", knn_fusion=1.0)
     # w = 1 is the k-NN classifier on the model's features, computed here independently
     frame = load_manifest(trained.dataset)
 
-    def features(rows):
+    def outputs(rows):
+        """Pooled features, logits and class indices of ``rows``, straight from the model."""
         data = ManifestDataset(trained.dataset, rows, bundle.species, eval_transform(bundle.preprocessing))
-        return pooled_features(bundle.model, DataLoader(data, batch_size=16), torch.device("cpu")), data.targets
+        model, pooled, logits = bundle.model.eval(), [], []
+        with torch.inference_mode():
+            for images, _ in DataLoader(data, batch_size=16):
+                pooled.append(model.forward_head(model.forward_features(images), pre_logits=True))
+                logits.append(model(images))
+        return torch.cat(pooled).numpy(), torch.cat(logits), np.asarray(data.targets)
 
-    train_x, train_y = features(frame[frame["split"] == "train"])
-    test_x, test_y = features(frame[frame["split"] == "test"])
-    votes = knn_classify(train_x, np.asarray(train_y), test_x, len(bundle.species), k=5)
-    assert only_knn["top1"] == pytest.approx(float(np.mean(votes.argmax(1) == np.asarray(test_y))))
-    half = evaluate_bundle(bundle, trained.dataset, split="test", device="cpu", knn_fusion=0.5)
-    assert half["n"] == plain["n"] and 0.0 <= half["top1"] <= 1.0
+    train_x, _, train_y = outputs(frame[frame["split"] == "train"])
+    test_x, test_logits, test_y = outputs(frame[frame["split"] == "test"])
+    assert len(test_y) == plain["n"]
+    # unfused: the model's own logits (the loss uncalibrated, as in training's test metrics)
+    assert plain["top1"] == pytest.approx(float(np.mean(test_logits.argmax(1).numpy() == test_y)))
+    assert plain["loss"] == pytest.approx(F.cross_entropy(test_logits, torch.as_tensor(test_y)).item(), rel=1e-5)
+    votes = knn_classify(train_x, train_y, test_x, len(bundle.species), k=5)
+    assert only_knn["top1"] == pytest.approx(float(np.mean(votes.argmax(1) == test_y)))
+    # its loss is the cross-entropy of the votes themselves (clamped as evaluate does)
+    knn_loss = -np.log(np.clip(votes[np.arange(len(test_y)), test_y].astype(np.float32), 1e-12, None)).mean()
+    assert only_knn["loss"] == pytest.approx(float(knn_loss), rel=1e-4)
+
+    # w = 0.3: (1 − w) · softmax(logits / T) + w · votes. An asymmetric weight, so swapping
+    # the two terms, dropping the temperature or ignoring the votes changes the numbers.
+    w = 0.3
+    probs = test_logits.double().div(bundle.temperature).softmax(dim=1).numpy()
+    fused = (1 - w) * probs + w * votes
+    mixed = evaluate_bundle(bundle, trained.dataset, split="test", device="cpu", knn_fusion=w)
+    assert mixed["n"] == plain["n"] and mixed["knn_fusion"] == w
+    assert mixed["top1"] == pytest.approx(float(np.mean(fused.argmax(1) == test_y)))
+    assert mixed["loss"] == pytest.approx(float(-np.log(fused[np.arange(len(test_y)), test_y]).mean()), rel=1e-4)
+    names = np.asarray(bundle.species)[test_y]
+    for name, row in mixed["per_species"].items():
+        rows = names == name
+        assert row["top1"] == pytest.approx(float(np.mean(fused[rows].argmax(1) == test_y[rows])))
+    # genus top-1 sums the *fused* probabilities per genus
+    genera = [bundle.taxonomy[s]["genus"] for s in bundle.species]
+    taxa = sorted(set(genera))
+    per_genus = np.stack([fused[:, [g == t for g in genera]].sum(1) for t in taxa], axis=1)
+    true_genus = [bundle.taxonomy[s]["genus"] for s in names]
+    assert mixed["genus_top1"] == pytest.approx(float(np.mean([taxa[i] == t for i, t in
+                                                                zip(per_genus.argmax(1), true_genus)])))
+    # and the fused probabilities are not the unfused ones (the three losses all differ)
+    assert len({round(plain["loss"], 6), round(mixed["loss"], 6), round(only_knn["loss"], 6)}) == 3
     with pytest.raises(ValueError, match="knn_fusion"):
         evaluate_bundle(bundle, trained.dataset, split="test", device="cpu", knn_fusion=1.5)

@@ -19,8 +19,8 @@ from herbid.cli.main import main
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.export import check_onnx, export_onnx, read_onnx_metadata
 from herbid.identification import Identifier
+from herbid.inference.bundle import save_bundle
 from herbid.models.registry import create_model
-from herbid.training.bundle import save_bundle
 
 SPECIES = ["Anemone canadensis", "Anemone hepatica", "Carex tonsa", "Carex pensylvanica", "Viola sororia",
            "Viola pubescens"]

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_portal import make_image
 
+from fake_portal import make_image
 from herbid.cli.main import main
 from herbid.data import download
 from herbid.data.download import MAX_REDIRECTS, FetchError, download_images, get_json

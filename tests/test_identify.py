@@ -28,12 +28,13 @@ from herbid.data.imaging import ImageRejected
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.evaluation.evaluate import evaluate_bundle
-from herbid.evaluation.metrics import predict_logits
 from herbid.identification import Identifier, JournalError, identify_paths
 from herbid.identification.batch import DWC_COLUMNS, read_journal
+from herbid.inference.forward import forward
+from herbid.inference.pixels import eval_transform
+from herbid.inference.sheets import ManifestDataset, select_rows
 from herbid.models.base import Preprocessing
 from herbid.training.config import load_config
-from herbid.training.data import ManifestDataset, eval_transform, select_rows
 from herbid.training.loop import train
 
 
@@ -131,7 +132,8 @@ def test_original_sheet_gives_the_stored_copys_tensor_and_prediction(setup) -> N
     identifier = setup.identifier
     frame = setup.test
     dataset = ManifestDataset(setup.dataset, frame, identifier.species, eval_transform(identifier.bundle.preprocessing))
-    logits, _ = predict_logits(identifier.bundle.model, DataLoader(dataset, batch_size=8), torch.device("cpu"), "none")
+    logits = forward(identifier.bundle.model, DataLoader(dataset, batch_size=8), "cpu",
+                     tta=identifier.bundle.preprocessing.tta).logits
     ours = [identifier.identify_bytes(p.read_bytes(), top_k=1).top[0]["scientificName"] for p in setup.originals]
     for i, path in enumerate(setup.originals):
         assert torch.equal(identifier.sheet_tensor(path.read_bytes()), dataset[i][0])

@@ -23,10 +23,22 @@ from herbid.data.build import BuildOptions, build_dataset
 from herbid.data.folder import load_manifest, save_manifest
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
-from herbid.identification.index import (BACKENDS, EMBEDDINGS, HNSW_THRESHOLD, INDEX_JSON, METADATA,
-                                         METADATA_COLUMNS, SpecimenIndex, SpecimenIndexError, add_to_index,
-                                         build_index, choose_backend, embed_images, similar)
-from herbid.training.bundle import Bundle, load_bundle
+from herbid.identification.index import (
+    BACKENDS,
+    EMBEDDINGS,
+    HNSW_THRESHOLD,
+    INDEX_JSON,
+    METADATA,
+    METADATA_COLUMNS,
+    SpecimenIndex,
+    SpecimenIndexError,
+    add_to_index,
+    build_index,
+    choose_backend,
+    embed_images,
+    similar,
+)
+from herbid.inference.bundle import Bundle, load_bundle
 from herbid.training.config import TrainConfig
 from herbid.training.loop import train
 

@@ -299,7 +299,7 @@ def test_load_weights_file_skip_classifier(tmp_path) -> None:
 def test_load_weights_file_formats(tmp_path) -> None:
     from safetensors.torch import save_file
 
-    from herbid.training.bundle import save_bundle
+    from herbid.inference.bundle import save_bundle
 
     torch.manual_seed(4)
     source, _ = create_model("small_cnn", 3)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
-from fake_portal import FakePortal, closed_port
 
+from fake_portal import FakePortal, closed_port
 from herbid.data.sources.base import SOURCES, ProblemLog, SourceError
 from herbid.data.sources.portals import (
     GBIFSource,
@@ -20,6 +20,7 @@ from herbid.data.sources.portals import (
 pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.timeout(30)]
 
 from conftest import SHARED_DATA
+
 GBIF_CASSETTE = SHARED_DATA / "api-samples" / "gbif-test_search.yaml"
 SEARCH = "/v1/occurrence/search"
 MEDIA = "/v2/search/media"

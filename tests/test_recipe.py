@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from herbid.evaluation.evaluate import evaluate_bundle
+from herbid.evaluation.baselines import run_baseline
 from herbid.experiments.runner import ExperimentError, run_experiments
-from herbid.models.tta import TTAModel, with_tta
+from herbid.inference.bundle import load_bundle
+from herbid.inference.forward import SheetClassifier, forward
 from herbid.training import loop
-from herbid.training.bundle import load_bundle
 from herbid.training.config import DEFAULT_RECIPE, RECIPES, ConfigError, TrainConfig, load_config
 from herbid.training.data import TrainTransform
 from herbid.training.loop import train
@@ -64,16 +65,19 @@ def test_flip_tta_is_the_mean_of_the_views() -> None:
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                 torch.nn.Linear(2, 5)).eval()
     x = torch.randn(2, 3, 16, 12)
-    assert with_tta(model, "none") is model
     with torch.no_grad():
+        assert torch.equal(SheetClassifier(model, "none")(x), model(x))
         expected = (model(x) + model(x.flip(3))) / 2
-        assert torch.allclose(TTAModel(model, "flip")(x), expected, atol=1e-6)
+        assert torch.allclose(SheetClassifier(model, "flip")(x), expected, atol=1e-6)
         four = (model(x) + model(x.flip(3)) + model(x.flip(2)) + model(x.flip(2).flip(3))) / 4
-        assert torch.allclose(TTAModel(model, "flip2")(x), four, atol=1e-6)
+        assert torch.allclose(SheetClassifier(model, "flip2")(x), four, atol=1e-6)
         # a mirror-invariant result: the flipped image gets the same flip-TTA logits
-        assert torch.allclose(TTAModel(model, "flip")(x.flip(3)), expected, atol=1e-6)
+        assert torch.allclose(SheetClassifier(model, "flip")(x.flip(3)), expected, atol=1e-6)
+    # forward() gives the same logits batch by batch, on a loader
+    out = forward(model, [x[:1], x[1:]], "cpu", tta="flip")
+    assert torch.allclose(out.logits, expected, atol=1e-6) and out.pooled is None
     with pytest.raises(ValueError, match="unknown tta"):
-        TTAModel(model, "rot")
+        SheetClassifier(model, "rot")
 
 
 def test_vflip_flips_rows_and_leaves_other_configs_unchanged() -> None:
@@ -113,6 +117,11 @@ def test_bundle_carries_tta_to_evaluation(dataset: Path, tmp_path: Path) -> None
     metrics = evaluate_bundle(bundle, dataset, split="test", device="cpu")
     # the loop's own test metrics (TTA applied there too) are the bundle's
     assert metrics["top1"] == pytest.approx(result.final["top1"]) and metrics["n"] == result.final["n"]
+    assert metrics["loss"] == pytest.approx(result.final["loss"], rel=1e-5) and metrics["tta"] == "flip"
+    # and evaluate really applies the flip: without it the same bundle gives other logits
+    unflipped = evaluate_bundle(bundle, dataset, split="test", device="cpu", tta="none")
+    assert unflipped["tta"] == "none" and unflipped["n"] == metrics["n"]
+    assert unflipped["loss"] != pytest.approx(metrics["loss"], rel=1e-6)
 
 
 # ------------------------------------------------------------ experiment baselines
@@ -136,8 +145,19 @@ def test_experiment_baseline_methods(dataset: Path, tmp_path: Path, method: str,
                               method=method, progress=False)
     row = results["R.SYN.SYN"]
     assert row.method == method and row.n_folds == 2 and row.n == 32
-    assert 0.0 <= row.top1 <= row.top5 <= 1.0
-    assert f"| R.SYN.SYN | {method} |" in results.results_md.read_text()
+    # each fold is the baseline on that fold of the prepared dataset with the experiment's
+    # options (random small_cnn, the whole 64 px sheet), computed here directly; the row is their mean
+    prepared = row.provenance["datasets"]["SYN"]["prepared"]
+    direct = [run_baseline(method, prepared, arch="small_cnn", init="random", fold=k, input_size=64,
+                           resize_size=64, device="cpu") for k in (0, 1)]
+    assert [f.fold for f in row.folds] == [0, 1]
+    assert [(f.metrics["top1"], f.metrics["n"]) for f in row.folds] == [(d["top1"], d["n"]) for d in direct]
+    assert sum(d["n"] for d in direct) == 32  # every sheet tested once
+    assert row.top1 == pytest.approx(np.mean([d["top1"] for d in direct]))
+    assert row.top5 == 1.0  # 4 species: top-5 is always right
+    assert row.top1 >= 0.5  # chance is 1/4
+    markdown = results.results_md.read_text()
+    assert f"| R.SYN.SYN | {method} | Random | SYN | SYN | {row.top1:.3f} ± {row.top1_std:.3f} |" in markdown
     cached = sorted((out / "cache" / "baselines").iterdir())
     assert len(cached) == 2  # one per fold
     again = run_experiments(["R.SYN.SYN"], _toml(tmp_path, dataset), out, base_config=base, folds=2,
@@ -180,15 +200,21 @@ def test_hierarchical_loss_prefers_the_right_genus() -> None:
     assert same(wrong_genus, target).item() == pytest.approx(plain(wrong_genus, target).item())
 
 
-def test_training_with_taxonomy_loss_learns(dataset: Path, tmp_path: Path) -> None:
+def test_training_with_taxonomy_loss_learns(dataset: Path, tmp_path: Path, monkeypatch) -> None:
     config = TrainConfig(dataset=str(dataset), out=str(tmp_path / "tax"), epochs=6, taxonomy_loss=0.5, seed=1,
                          **SMALL)
     criterion = loop.make_criterion(["a", "b"], {"a": {"genus": "A"}, "b": {"genus": "B"}}, label_smoothing=0.0,
                                     taxonomy_weight=0.5)
     assert criterion.ranks == ["genus"]
+    built = []  # the criterion the training loop builds (the real one, recorded)
+    real = loop.make_criterion
+    monkeypatch.setattr(loop, "make_criterion", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
     result = train(config, progress=False)
+    # the synthetic species span 3 genera and 2 families: both rank terms, at the configured weight
+    (used,) = built
+    assert used.weight == 0.5 and used.ranks == ["genus", "family"]
     losses = [row["train_loss"] for row in result.history]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert len(losses) == 6 and all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
 # ---------------------------------------------------- augmentations added for sheets
@@ -228,7 +254,7 @@ def test_zoom_crops_cover_at_least_the_minimum_area() -> None:
 
 
 def test_sheet_aspect_keeps_the_shape_and_turns_landscape_images(tmp_path: Path) -> None:
-    from herbid.training.data import EvalTransform, read_squeezed
+    from herbid.inference.pixels import EvalTransform, read_squeezed
 
     # a landscape photo of a portrait sheet: a red band along its right edge, which a
     # quarter turn to the left makes the top
@@ -335,7 +361,11 @@ def test_quality_sample_weights_need_scores(dataset: Path, tmp_path: Path) -> No
     save_manifest(scored, frame)
     result = train(config.replace(dataset=str(scored)), progress=False)
     losses = [row["train_loss"] for row in result.history]
-    assert all(np.isfinite(losses)) and result.final["n"] == 16
+    assert all(np.isfinite(losses)) and result.final["n"] == 16 and len(losses) == 2
+    # the weights change the training: the same seed, data and batches unweighted give other losses
+    unweighted = train(config.replace(dataset=str(scored), out=str(tmp_path / "u"), sample_weight="none"),
+                       progress=False)
+    assert [row["train_loss"] for row in unweighted.history] != pytest.approx(losses, rel=1e-6)
 
 
 def test_new_config_fields_keep_old_stage_keys() -> None:

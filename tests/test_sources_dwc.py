@@ -20,7 +20,8 @@ from herbid.data.sources.tabular import DwcCsvSource, split_media, term_name
 DWC = "http://rs.tdwg.org/dwc/terms/"
 AC_MULTIMEDIA = "http://rs.tdwg.org/ac/terms/Multimedia"
 GBIF_MULTIMEDIA = "http://rs.gbif.org/terms/1.0/Multimedia"
-from conftest import SHARED_DATA as SHARED, needs_shared_data
+from conftest import SHARED_DATA as SHARED
+from conftest import needs_shared_data
 
 CORE_TERMS = ("occurrenceID", "scientificName", "recordedBy", "country")
 CORE_HEADER = "id,occurrenceID,scientificName,recordedBy,country\n"

@@ -19,15 +19,17 @@ from herbid.data.build import BuildOptions, build_dataset
 from herbid.data.folder import load_manifest, manifest_hash
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
-from herbid.evaluation.metrics import evaluate_model, predict_logits, topk_correct
+from herbid.evaluation.metrics import evaluate_model, topk_correct
+from herbid.inference.bundle import load_bundle
+from herbid.inference.forward import forward
+from herbid.inference.pixels import eval_transform
+from herbid.inference.sheets import ManifestDataset, ShardSampler, select_rows, species_and_taxonomy
 from herbid.models.base import Preprocessing
 from herbid.models.registry import create_model
-from herbid.training.bundle import load_bundle
 from herbid.training.calibration import fit_temperature
-from herbid.training.config import (ConfigError, TrainConfig, RECIPES, load_config, parse_overrides, save_config)
+from herbid.training.config import RECIPES, ConfigError, TrainConfig, load_config, parse_overrides, save_config
 from herbid.training.curves import read_metrics
-from herbid.training.data import (ManifestDataset, SeededBatchSampler, ShardSampler, eval_transform, select_rows,
-                                  species_and_taxonomy, train_transform)
+from herbid.training.data import SeededBatchSampler, train_transform
 from herbid.training.loop import ResumeError, TrainHooks, train
 from herbid.training.schedules import SCHEDULES, LrLambda
 
@@ -191,7 +193,8 @@ def test_evaluate_model_counts_every_sample() -> None:
     images, targets = torch.randn(13, 3, 32, 32), torch.randint(0, 3, (13,))
     loader = DataLoader(torch.utils.data.TensorDataset(images, targets), batch_size=4)
     result = evaluate_model(model, loader, "cpu")
-    logits, got = predict_logits(model, loader, "cpu")
+    out = forward(model, loader, "cpu")
+    logits, got = out.logits, out.targets
     assert result["n"] == 13 and torch.equal(got, targets) and result["top5"] == 1.0
     assert result["top1"] == topk_correct(logits, targets)[1] / 13
     assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-6)

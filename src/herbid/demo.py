@@ -79,7 +79,7 @@ def run_demo(out: str | Path = "demo-out", source: str | None = None, workers: i
     print("[3/5] auditing the split for leaks", file=sys.stderr)
     audit = audit_dataset(dataset)
     stats = dataset_stats(dataset)
-    from herbid.cli.display import show_mapping
+    from herbid.display import show_mapping
 
     show_mapping(f"herbid demo: {location}", {
         "dataset": str(dataset),

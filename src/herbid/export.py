@@ -42,9 +42,9 @@ from torch import nn
 import herbid
 from herbid.data.folder import atomic_path
 from herbid.errors import InvalidOption, UserError
+from herbid.inference.bundle import Bundle, as_bundle
+from herbid.inference.forward import SheetClassifier
 from herbid.models.base import sheet_shape
-from herbid.models.tta import with_tta
-from herbid.training.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,6 @@ class CalibratedModel(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(image)
         return logits, torch.softmax(logits / self.temperature, dim=1)
-
-
-def _as_bundle(bundle: Bundle | str | Path) -> Bundle:
-    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device="cpu")
 
 
 def onnx_metadata(bundle: Bundle, exporter: str) -> dict[str, str]:
@@ -161,8 +157,8 @@ def export_onnx(bundle: Bundle | str | Path, out_path: str | Path, *, opset: int
 
     if exporter not in EXPORTERS:
         raise InvalidOption(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
-    bundle = _as_bundle(bundle)
-    model = with_tta(copy.deepcopy(bundle.model).cpu().float().eval(), bundle.preprocessing.tta)
+    bundle = as_bundle(bundle, "cpu")
+    model = SheetClassifier(copy.deepcopy(bundle.model).cpu().float().eval(), bundle.preprocessing.tta)
     module = CalibratedModel(model, bundle.temperature).eval()
     out_path = Path(out_path)
     errors: list[str] = []
@@ -230,7 +226,7 @@ def check_onnx(bundle: Bundle | str | Path, onnx_path: str | Path, images: Seque
 
     from herbid.identification.predict import Identifier
 
-    identifier = Identifier(_as_bundle(bundle), device="cpu")
+    identifier = Identifier(as_bundle(bundle, "cpu"), device="cpu")
     batch, names = _inputs(identifier, images)
     torch_logits = identifier.logits(batch).numpy()
     torch_probs = identifier.probabilities(batch).numpy()

@@ -18,6 +18,12 @@ import pandas as pd
 
 from herbid.data.folder import SPLITS, DatasetError, load_manifest, read_json
 from herbid.data.names import normalize_collector
+from herbid.data.phash import (
+    NEAR_DUPLICATE_BITS,
+    hamming,
+    hash_words,
+    near_duplicate_pairs,
+)
 from herbid.data.splits import (
     SPLIT_NAMES,
     TEST,
@@ -26,7 +32,6 @@ from herbid.data.splits import (
     group_keys,
     text_column,
 )
-from herbid.data.phash import NEAR_DUPLICATE_BITS, hamming, hash_words, near_duplicate_pairs
 
 #: Examples of each kind of leak kept in the audit (enough to debug, small enough to read).
 MAX_EXAMPLES = 10

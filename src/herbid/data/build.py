@@ -20,9 +20,14 @@ import pandas as pd
 
 import herbid
 from herbid.data.folder import REPORT, manifest_hash, save_manifest, write_json
-from herbid.data.imaging import DEFAULT_MAX_PIXELS, ImageRejected, StoredImage, store_image
-from herbid.data.phash import NEAR_DUPLICATE_BITS, near_duplicates_of_hex
+from herbid.data.imaging import (
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    StoredImage,
+    store_image,
+)
 from herbid.data.names import load_synonyms, parse_scientific_name
+from herbid.data.phash import NEAR_DUPLICATE_BITS, near_duplicates_of_hex
 from herbid.data.records import DWC_TERMS, SourceRecord
 from herbid.data.safe_files import DEFAULT_MAX_FILE_BYTES
 from herbid.data.sources.base import ProblemLog, Source, SourceError, open_source

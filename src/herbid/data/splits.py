@@ -30,7 +30,14 @@ import numpy as np
 import pandas as pd
 
 import herbid
-from herbid.data.folder import SPLITS, load_manifest, manifest_hash, read_json, save_manifest, write_json
+from herbid.data.folder import (
+    SPLITS,
+    load_manifest,
+    manifest_hash,
+    read_json,
+    save_manifest,
+    write_json,
+)
 from herbid.data.names import normalize_collector
 from herbid.data.phash import NEAR_DUPLICATE_BITS, hash_words, near_duplicate_pairs
 from herbid.errors import InvalidOption

@@ -1,5 +1,5 @@
-"""Evaluation: exact top-k accuracy and loss, also under data parallelism."""
+"""Accuracy of a model on dataset rows: metrics, ``herbid evaluate``, frozen-feature baselines."""
 
-from herbid.evaluation.metrics import accuracy_from_logits, evaluate_model, predict_logits, topk_correct
+from herbid.evaluation.metrics import accuracy_from_logits, evaluate_model, topk_correct
 
-__all__ = ["accuracy_from_logits", "evaluate_model", "predict_logits", "topk_correct"]
+__all__ = ["accuracy_from_logits", "evaluate_model", "topk_correct"]

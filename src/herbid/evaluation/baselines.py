@@ -30,10 +30,13 @@ from torch.utils.data import DataLoader
 
 from herbid.data.folder import load_manifest
 from herbid.errors import InvalidOption
-from herbid.evaluation.evaluate import resolve_device
 from herbid.evaluation.metrics import topk_correct
+from herbid.inference.device import resolve_device
+from herbid.inference.forward import forward
+from herbid.inference.pixels import eval_transform
+from herbid.inference.sheets import ManifestDataset, select_rows, species_and_taxonomy
 from herbid.models.base import HerbidModel
-from herbid.training.data import ManifestDataset, eval_transform, select_rows, species_and_taxonomy
+from herbid.models.registry import create_model
 
 #: A fixed, mild L2 strength (on the mean cross-entropy of standardised features). With
 #: ~10 images per class and ~1000-dimensional features the data are separable, so some
@@ -42,32 +45,17 @@ from herbid.training.data import ManifestDataset, eval_transform, select_rows, s
 DEFAULT_L2 = 1e-3
 
 
+#: The seed of a random frozen backbone (training's default seed: the same weights).
+FROZEN_SEED = 0
+
 # ---------------------------------------------------------------------- features
 
 
 def frozen_backbone(arch: str, init: str = "imagenet") -> HerbidModel:
     """``arch`` initialised from ``init`` (random, imagenet, or a weights file / bundle / run
-    folder) exactly as training would start from it; the classifier is never used."""
-    from herbid.training.config import TrainConfig
-    from herbid.training.prepare import build_model
-
-    return build_model(TrainConfig(arch=arch, init=init), num_classes=1)[0]
-
-
-def pooled_features(model: HerbidModel, loader: DataLoader, device: torch.device,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> np.ndarray:
-    """``model``'s pooled pre-logit features of every batch of ``loader``, float32 ``(n, d)``,
-    computed in eval mode (the model's train/eval mode is restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    chunks: list[np.ndarray] = []
-    with torch.inference_mode():
-        for images, _ in loader:
-            pooled = model.forward_head(model.forward_features(images.to(device, memory_format=memory_format)),
-                                        pre_logits=True)
-            chunks.append(pooled.float().cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, model.num_features), np.float32)
+    folder) exactly as training with seed 0 would start from it; the classifier is never used."""
+    torch.manual_seed(FROZEN_SEED)
+    return create_model(arch, 1, init=init, skip_classifier=True)[0]
 
 
 def extract_features(arch: str, dataset_dir: str | Path, frame: pd.DataFrame, *, init: str = "imagenet",
@@ -89,7 +77,7 @@ def extract_features(arch: str, dataset_dir: str | Path, frame: pd.DataFrame, *,
     classes = species if species is not None else species_and_taxonomy(frame)[0]
     dataset = ManifestDataset(dataset_dir, frame, classes, transform)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    return pooled_features(model, loader, target), np.asarray(dataset.targets, dtype=np.int64)
+    return forward(model, loader, target, pooled=True).pooled.numpy(), np.asarray(dataset.targets, dtype=np.int64)
 
 
 # ------------------------------------------------------------ logistic regression

@@ -26,25 +26,24 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 from herbid.data.folder import load_manifest
 from herbid.data.splits import text_column
 from herbid.errors import InvalidOption
-from herbid.evaluation.metrics import predict_logits
-from herbid.models.tta import view_count, with_tta
-from herbid.training.bundle import Bundle, load_bundle
-from herbid.training.data import ManifestDataset, eval_transform, select_rows
-from herbid.training.distributed import resolve_device  # noqa: F401 (re-exported for callers)
-
-RANKS = ("genus", "family")
+from herbid.evaluation.metrics import topk_hits
+from herbid.inference.bundle import Bundle, as_bundle
+from herbid.inference.device import resolve_device
+from herbid.inference.forward import forward
+from herbid.inference.pixels import eval_transform
+from herbid.inference.sheets import ManifestDataset, select_rows
+from herbid.inference.taxonomy import RANKS, RankIndex
 
 
 def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, split: str = "test",
                     fold: int | None = None, batch_size: int = 64, device: str = "auto",
                     workers: int = 0, amp: str = "none", tta: str | None = None,
-                    knn_fusion: float = 0.0) -> dict[str, Any]:
+                    knn_fusion: float = 0.0, per_image: bool = False) -> dict[str, Any]:
     """Top-1/top-5 (species), genus/family top-1 and per-species accuracy on one split.
 
     ``fold=k`` evaluates on the rows of fold ``k`` instead of a split. The bundle's own
@@ -53,12 +52,14 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     ``None`` unless every species of the bundle and every test row has that rank.
     ``tta`` overrides the bundle's test-time augmentation (to measure what it adds);
     ``knn_fusion`` in (0, 1] mixes in k-NN votes (see the module docstring).
+    ``per_image=True`` adds ``per_image``: each test row's ``image_id``, true name and
+    calibrated ``probabilities`` over the bundle's species (its class order), the numbers
+    ``identify``, the web app and ``review`` give for the same sheet.
     """
     if not 0.0 <= knn_fusion <= 1.0:
         raise InvalidOption(f"knn_fusion must be in [0, 1], got {knn_fusion}")
     torch_device = resolve_device(device)
-    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=torch_device)
-    bundle.model.to(torch_device)
+    bundle = as_bundle(bundle, torch_device)
     manifest = load_manifest(dataset_dir)
     frame = select_rows(manifest, split=split, fold=fold, train=False)
     if frame.empty:
@@ -72,18 +73,18 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     dataset = ManifestDataset(dataset_dir, frame, classes, eval_transform(bundle.preprocessing))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     tta = bundle.preprocessing.tta if tta is None else tta
-    # With fusion, one pass gives both the (TTA) logits and the pooled features of the
-    # sheets as they are (the first view), instead of reading and running them twice.
-    tap = PooledFeatureTap(bundle.model, views=view_count(tta)) if knn_fusion > 0 else None
-    logits, targets = predict_logits(with_tta(tap or bundle.model, tta), loader, torch_device, amp)
+    # With fusion the same pass also keeps the pooled features of the sheets as they are
+    # (the first view), instead of reading and running them twice.
+    out = forward(bundle.model, loader, torch_device, tta=tta, amp=amp, pooled=knn_fusion > 0)
+    logits, targets = out.logits, out.targets
     scaled = logits / bundle.temperature
     if knn_fusion > 0:
         reference = (select_rows(manifest, split="train") if fold is None
                      else select_rows(manifest, fold=fold, train=True))
-        votes = knn_votes(bundle, dataset_dir, reference, tap.features(), len(classes), torch_device, batch_size)
+        votes = knn_votes(bundle, dataset_dir, reference, out.pooled.numpy(), len(classes), torch_device, batch_size)
         fused = (1 - knn_fusion) * F.pad(scaled.softmax(dim=1), (0, len(unknown))) + knn_fusion * votes
         scaled = logits = torch.log(fused.clamp_min(1e-12))[:, :len(bundle.species)]
-    return {
+    result = {
         "bundle": str(bundle.path) if bundle.path else None,
         "dataset": str(dataset_dir),
         "split": None if fold is not None else split,
@@ -96,49 +97,27 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
         "unknown_species_names": unknown,
         "per_species": per_species(names, logits, targets),
     }
-
-
-class PooledFeatureTap(nn.Module):
-    """``model`` that also keeps the pooled features of every ``views``-th call: under a
-    :class:`~herbid.models.tta.TTAModel` with that many views, those of the first view
-    (the images as they are)."""
-
-    def __init__(self, model: nn.Module, views: int = 1) -> None:
-        super().__init__()
-        self.model, self.views, self.calls = model, views, 0
-        self.pooled: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature_map = self.model.forward_features(x)
-        if self.calls % self.views == 0:
-            self.pooled.append(self.model.forward_head(feature_map, pre_logits=True).float().cpu())
-        self.calls += 1
-        return self.model.forward_head(feature_map)
-
-    def features(self) -> np.ndarray:
-        return torch.cat(self.pooled).numpy() if self.pooled else np.zeros((0, 0), np.float32)
+    if per_image:
+        probabilities = scaled.softmax(dim=1).tolist()
+        result["per_image"] = [{"image_id": image_id, "scientificName": name, "probabilities": row}
+                               for image_id, name, row in zip(text_column(frame, "image_id"), names, probabilities)]
+    return result
 
 
 def knn_votes(bundle: Bundle, dataset_dir: str | Path, reference: pd.DataFrame, test_x: np.ndarray,
               n_classes: int, device: torch.device, batch_size: int = 64) -> torch.Tensor:
     """k-NN class votes ``(n_test, n_classes)`` from the bundle's pooled features of the
     ``reference`` rows (species the bundle knows) and ``test_x``, the test images' ones."""
-    from herbid.evaluation.baselines import knn_classify, pooled_features
+    from herbid.evaluation.baselines import knn_classify
 
     names = text_column(reference, "scientificName")
     reference = reference[names.isin(bundle.species).to_numpy()]
     if reference.empty:
         raise InvalidOption("k-NN fusion needs training rows of the bundle's species in the dataset")
     reference_set = ManifestDataset(dataset_dir, reference, list(bundle.species), eval_transform(bundle.preprocessing))
-    reference_x = pooled_features(bundle.model, DataLoader(reference_set, batch_size=batch_size), device)
+    reference_x = forward(bundle.model, DataLoader(reference_set, batch_size=batch_size), device, pooled=True).pooled.numpy()
     votes = knn_classify(reference_x, np.asarray(reference_set.targets), test_x, n_classes, k=5)
     return torch.as_tensor(votes, dtype=torch.float32)
-
-
-def topk_hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """Per row: is the target among the top ``k`` classes (k clamped to the class count)?"""
-    k = max(1, min(k, logits.shape[1]))
-    return logits.topk(k, dim=1).indices.eq(targets.view(-1, 1)).any(dim=1)
 
 
 def species_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
@@ -163,16 +142,12 @@ def _true_ranks(frame: pd.DataFrame, bundle: Bundle, rank: str) -> list[str | No
 
 def rank_top1(logits: torch.Tensor, frame: pd.DataFrame, bundle: Bundle, rank: str) -> float | None:
     """Top-1 at ``rank`` from species probabilities summed per taxon; None if unknown."""
-    class_taxa = [(bundle.taxonomy.get(s) or {}).get(rank) for s in bundle.species]
     truth = _true_ranks(frame, bundle, rank)
-    if any(t is None for t in class_taxa) or any(t is None for t in truth):
+    if any((bundle.taxonomy.get(s) or {}).get(rank) is None for s in bundle.species) or None in truth:
         return None
-    taxa = sorted(set(class_taxa))
-    column = {taxon: i for i, taxon in enumerate(taxa)}
-    membership = torch.zeros(len(class_taxa), len(taxa))
-    membership[torch.arange(len(class_taxa)), torch.tensor([column[t] for t in class_taxa])] = 1.0
-    predicted = (logits.softmax(dim=1) @ membership).argmax(dim=1).tolist()
-    return float(np.mean([taxa[p] == t for p, t in zip(predicted, truth)]))
+    index = RankIndex.build(bundle.species, bundle.taxonomy, rank)
+    predicted = index.sums(logits.softmax(dim=1)).argmax(dim=1).tolist()
+    return float(np.mean([index.taxa[p] == t for p, t in zip(predicted, truth)]))
 
 
 def per_species(names: list[str], logits: torch.Tensor, targets: torch.Tensor) -> dict[str, dict[str, Any]]:

@@ -40,12 +40,32 @@ from typing import Any
 
 from herbid.data.folder import read_json, write_json
 from herbid.errors import UserError
-from herbid.experiments.datasets import DatasetEntry, PreparedDataset, load_datasets_toml, prepare_dataset
-from herbid.experiments.report import (
-    LOSS_CURVES, PROVENANCE_JSON, RESULTS_CSV, RESULTS_MD, ExperimentResult, FoldResult, plot_loss_curves,
-    write_provenance, write_results_csv, write_results_md,
+from herbid.experiments.datasets import (
+    DatasetEntry,
+    PreparedDataset,
+    load_datasets_toml,
+    prepare_dataset,
 )
-from herbid.experiments.spec import BASE_INIT, IMAGENET, RANDOM, ExperimentSpec, describe_chain, parse_specs
+from herbid.experiments.report import (
+    LOSS_CURVES,
+    PROVENANCE_JSON,
+    RESULTS_CSV,
+    RESULTS_MD,
+    ExperimentResult,
+    FoldResult,
+    plot_loss_curves,
+    write_provenance,
+    write_results_csv,
+    write_results_md,
+)
+from herbid.experiments.spec import (
+    BASE_INIT,
+    IMAGENET,
+    RANDOM,
+    ExperimentSpec,
+    describe_chain,
+    parse_specs,
+)
 from herbid.training.config import TrainConfig, load_config
 
 STAGE_JSON = "stage.json"
@@ -368,7 +388,7 @@ def run_stage(plan: StagePlan, context: _Context) -> StageOutcome:
 
 def _read_stage(plan: StagePlan) -> dict[str, Any]:
     """The stage record, if its bundle is there too (else it must be (re)trained)."""
-    from herbid.training.bundle import BundleError, resolve_bundle_path
+    from herbid.inference.bundle import BundleError, resolve_bundle_path
 
     path = plan.directory / STAGE_JSON
     if not path.is_file():

@@ -10,9 +10,21 @@ The API a caller (CLI, web app, notebook) needs::
     identify_paths(identifier, ["sheets/"], "results.csv", fmt="csv")  # resumable batch
 """
 
-from herbid.identification.batch import (BatchSummary, FORMATS, JournalError, find_images, identify_paths,
-                                         write_output, write_records)
-from herbid.identification.predict import Identification, Identifier, Thresholds, suggest
+from herbid.identification.batch import (
+                                         FORMATS,
+                                         BatchSummary,
+                                         JournalError,
+                                         find_images,
+                                         identify_paths,
+                                         write_output,
+                                         write_records,
+)
+from herbid.identification.predict import (
+                                         Identification,
+                                         Identifier,
+                                         Thresholds,
+                                         suggest,
+)
 
 __all__ = ["BatchSummary", "FORMATS", "Identification", "Identifier", "JournalError", "Thresholds", "find_images",
            "identify_paths", "suggest", "write_output", "write_records"]

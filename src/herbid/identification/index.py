@@ -17,7 +17,7 @@ Layout of an index folder (``INDEX/``)::
 
 The embeddings are the bundle's ``model.embed`` of the *stored* 256×256 copy with the
 bundle's evaluation transform — the very pixels the model was trained and tested on. A
-new image is normalised the same way (:func:`query_tensor`), so querying with a sheet's
+new image is normalised the same way (:func:`herbid.inference.pixels.upload_tensor`), so querying with a sheet's
 original file finds that sheet at similarity ≈ 1.0.
 
 Search backends live in :data:`BACKENDS`, a registry: exact inner product in numpy
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,18 +50,18 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import herbid
 from herbid.data.folder import atomic_path, load_manifest, read_json, write_json
 from herbid.data.splits import text_column
 from herbid.errors import InvalidOption, UserError
-from herbid.evaluation.evaluate import resolve_device
-from herbid.identification.predict import upload_image
-from herbid.models.base import Preprocessing
+from herbid.inference.bundle import Bundle, as_bundle
+from herbid.inference.device import resolve_device
+from herbid.inference.forward import forward
+from herbid.inference.pixels import eval_transform, upload_tensor
+from herbid.inference.sheets import ManifestDataset, select_rows
 from herbid.progress import progress_bar
-from herbid.training.bundle import Bundle, load_bundle
-from herbid.training.data import EvalTransform, eval_transform, load_image, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -261,40 +261,8 @@ def choose_backend(count: int, requested: str = "auto") -> str:
 # --------------------------------------------------------------------------- inputs
 
 
-def query_tensor(data: bytes, preprocessing: Preprocessing) -> torch.Tensor:
-    """One uploaded image as the model input, through the dataset build's own steps.
-
-    Decode, make the stored copy (256×256 squeeze, or the ≤1024 px copy for larger
-    inputs), JPEG round trip, read it back as a stored file is read (``draft`` decoding
-    included), evaluation transform — the same path as
-    :meth:`herbid.identification.predict.Identifier.sheet_tensor` (both call :func:`upload_image`). Any shortcut (e.g.
-    resizing the decoded upload directly) gives slightly different pixels, and a sheet
-    would no longer find itself at similarity 1.0. Raises ``ImageRejected``.
-    """
-    transform = eval_transform(preprocessing)
-    return transform(upload_image(data, transform))
-
-
 def _read_image(item: ImageInput) -> bytes:
     return item if isinstance(item, bytes) else Path(item).read_bytes()
-
-
-class _StoredSheets(Dataset):
-    """The stored copies of manifest rows, transformed; any name (or none) is fine here,
-    unlike ManifestDataset, because embedding needs no class index."""
-
-    def __init__(self, dataset_dir: Path, frame: pd.DataFrame, transform: EvalTransform) -> None:
-        self.dataset_dir, self.transform = dataset_dir, transform
-        self.image_paths = [str(p) for p in frame["image_path"].tolist()]
-        self.large_paths = text_column(frame, "large_image_path").tolist()
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image = load_image(self.dataset_dir, self.image_paths[index], self.large_paths[index],
-                           self.transform.resize_size, self.transform.aspect)
-        return self.transform(image)
 
 
 @dataclass
@@ -305,26 +273,13 @@ class Encoded:
     logits: np.ndarray  # (N, C) float32, uncalibrated
 
 
-def encode_tensors(model: torch.nn.Module, batches: Sequence[torch.Tensor] | DataLoader, device: torch.device,
-                   advance: Any = None) -> Encoded:
-    """Embeddings and logits from a single pass through the backbone.
-
-    ``embed`` and ``forward`` would each run the backbone; sharing ``forward_features``
-    halves the cost of a review, which needs both.
-    """
-    model.eval()
-    embeddings, logits = [], []
-    with torch.inference_mode():
-        for batch in batches:
-            features = model.forward_features(batch.to(device))
-            pooled = model.forward_head(features, pre_logits=True)
-            embeddings.append(torch.nn.functional.normalize(pooled.float(), dim=1).cpu())
-            logits.append(model.forward_head(features).float().cpu())
-            if advance is not None:
-                advance(len(batch))
-    if not embeddings:
+def encode_tensors(bundle: Bundle, batches: Iterable[torch.Tensor] | DataLoader, device: torch.device,
+                   advance: Callable[[int], None] | None = None) -> Encoded:
+    """Embeddings and logits (over the bundle's TTA views) from the one forward pass."""
+    out = forward(bundle.model, batches, device, tta=bundle.preprocessing.tta, pooled=True, advance=advance)
+    if not len(out.logits):
         raise InvalidOption("no images to encode")
-    return Encoded(torch.cat(embeddings).numpy(), torch.cat(logits).numpy())
+    return Encoded(out.embeddings, out.logits.numpy())
 
 
 def encode_rows(bundle: Bundle, dataset_dir: str | Path, frame: pd.DataFrame, *, batch_size: int = 64,
@@ -333,10 +288,10 @@ def encode_rows(bundle: Bundle, dataset_dir: str | Path, frame: pd.DataFrame, *,
     """Embeddings and logits of manifest rows (their stored copies, evaluation transform)."""
     device = resolve_device(device) if isinstance(device, str) else device
     bundle.model.to(device)
-    images = _StoredSheets(Path(dataset_dir), frame, eval_transform(bundle.preprocessing))
+    images = ManifestDataset(dataset_dir, frame, None, eval_transform(bundle.preprocessing))
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=0)
     with progress_bar(description, len(images), enabled=progress) as advance:
-        return encode_tensors(bundle.model, loader, device, advance)
+        return encode_tensors(bundle, loader, device, advance)
 
 
 def encode_images(bundle: Bundle, images: Sequence[ImageInput], *, batch_size: int = 32,
@@ -344,9 +299,9 @@ def encode_images(bundle: Bundle, images: Sequence[ImageInput], *, batch_size: i
     """Embeddings and logits of uploaded images (bytes or paths), normalised as a build would."""
     device = resolve_device(device) if isinstance(device, str) else device
     bundle.model.to(device)
-    tensors = [query_tensor(_read_image(item), bundle.preprocessing) for item in images]
+    tensors = [upload_tensor(_read_image(item), bundle.preprocessing) for item in images]
     batches = [torch.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
-    return encode_tensors(bundle.model, batches, device)
+    return encode_tensors(bundle, batches, device)
 
 
 def embed_images(bundle: Bundle, images: Sequence[ImageInput], *, batch_size: int = 32,
@@ -611,13 +566,6 @@ def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 # --------------------------------------------------------------------- build / add
 
 
-def ready_bundle(bundle: str | Path | Bundle, device: torch.device) -> Bundle:
-    """A loaded bundle (from a path if needed) with its model on ``device``."""
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=device)
-    loaded.model.to(device)
-    return loaded
-
-
 def manifest_rows(dataset_dir: str | Path, split: str | None) -> pd.DataFrame:
     """The manifest rows of one split (``None``: all); an error when there are none."""
     frame = load_manifest(dataset_dir)
@@ -653,7 +601,7 @@ def build_index(bundle: str | Path | Bundle, dataset_dir: str | Path, out_dir: s
     *evaluate* the k-NN classifier on ``test``. Returns ``out_dir``.
     """
     torch_device = resolve_device(device)
-    loaded = ready_bundle(bundle, torch_device)
+    loaded = as_bundle(bundle, torch_device)
     frame = manifest_rows(dataset_dir, split)
     encoded = encode_rows(loaded, dataset_dir, frame, batch_size=batch_size, device=torch_device,
                           progress=progress, description="index: embedding sheets")
@@ -674,7 +622,7 @@ def add_to_index(index_dir: str | Path, dataset_dir: str | Path, *, bundle: str 
     """
     torch_device = resolve_device(device)
     index = SpecimenIndex.load(index_dir)
-    loaded = ready_bundle(bundle if bundle is not None else index_bundle_path(index), torch_device)
+    loaded = as_bundle(bundle if bundle is not None else index_bundle_path(index), torch_device)
     index.check_compatible(loaded)
     frame = manifest_rows(dataset_dir, split)
     if species is not None:
@@ -725,7 +673,7 @@ def similar(index: str | Path | SpecimenIndex, images: ImageInput | Sequence[Ima
     items = [images] if isinstance(images, (bytes, str, Path)) else list(images)
     loaded_index = open_index(index)
     torch_device = resolve_device(device)
-    loaded = ready_bundle(bundle if bundle is not None else index_bundle_path(loaded_index), torch_device)
+    loaded = as_bundle(bundle if bundle is not None else index_bundle_path(loaded_index), torch_device)
     loaded_index.check_compatible(loaded)
     queries = embed_images(loaded, items, device=torch_device)
     neighbours = loaded_index.neighbours(queries, k)

@@ -5,7 +5,7 @@ Why the details matter:
 
 * **Same pixels as training.** A new sheet goes through the dataset build's own steps
   (decode → ≤1024 px copy → 256×256 copy → JPEG round trip, see
-  :mod:`herbid.data.imaging`) and is then read exactly as :func:`herbid.training.data.load_image`
+  :mod:`herbid.data.imaging`) and is then read exactly as :func:`herbid.inference.pixels.load_image`
   reads a stored copy (JPEG ``draft`` included, which decodes at ½ scale for sizes ≤ 128).
   So an uploaded original and its stored copy give bit-identical input tensors, and a
   bundle's test accuracy applies to what users upload.
@@ -32,9 +32,7 @@ eval mode and nothing is mutated per call), so a web app can keep one per bundle
 from __future__ import annotations
 
 import datetime as _dt
-import io
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +40,17 @@ import torch
 from PIL import Image
 
 import herbid
-from herbid.data.imaging import DEFAULT_MAX_PIXELS, decode_rgb, encode_jpeg, resize_copies
+from herbid.data.imaging import (
+    DEFAULT_MAX_PIXELS,
+)
 from herbid.data.safe_files import read_regular_file
 from herbid.errors import InvalidOption
-from herbid.evaluation.evaluate import resolve_device
-from herbid.training.bundle import Bundle, load_bundle
-from herbid.models.tta import with_tta
-from herbid.training.data import EvalTransform, eval_transform, needs_large_copy, read_squeezed
+from herbid.inference.bundle import Bundle, as_bundle
+from herbid.inference.device import resolve_device
+from herbid.inference.forward import forward
+from herbid.inference.pixels import eval_transform, upload_image
+from herbid.inference.taxonomy import RANKS, RankIndex
 
-RANKS = ("genus", "family")
 #: Darwin Core ``identificationVerificationStatus`` of every machine identification.
 VERIFICATION_STATUS = "unverified"
 
@@ -156,67 +156,13 @@ def suggest(top_species: tuple[str, float], genus: dict[str, Any] | None, family
     return True, "none", None
 
 
-# ------------------------------------------------------------------------ taxonomy
-
-
-@dataclass
-class RankIndex:
-    """Sums species probabilities per taxon of one rank with one matrix product.
-
-    ``membership[i, j] = 1`` when species ``i`` belongs to taxon ``j``; species without
-    the rank belong to no taxon (their probability counts for none).
-    """
-
-    taxa: list[str]
-    membership: torch.Tensor = field(repr=False)
-
-    @classmethod
-    def build(cls, species: Sequence[str], taxonomy: dict[str, dict[str, str | None]], rank: str) -> "RankIndex | None":
-        of_species = [(taxonomy.get(name) or {}).get(rank) for name in species]
-        taxa = sorted({taxon for taxon in of_species if taxon})
-        if not taxa:
-            return None
-        column = {taxon: j for j, taxon in enumerate(taxa)}
-        membership = torch.zeros(len(species), len(taxa))
-        for i, taxon in enumerate(of_species):
-            if taxon:
-                membership[i, column[taxon]] = 1.0
-        return cls(taxa, membership)
-
-    def sums(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """(B, n_species) → (B, n_taxa) summed probabilities."""
-        return probabilities.to(self.membership.dtype) @ self.membership
-
-
 # ---------------------------------------------------------------------- identifier
-
-
-def squeezed_copy(jpeg: bytes, resize_size: int, aspect: float = 1.0) -> Image.Image:
-    """Read a stored-copy JPEG as :func:`herbid.training.data.load_image` reads the file.
-
-    The same function reads both (``draft`` then bilinear squeeze), so that an upload and
-    its dataset copy give the same pixels; ``tests/test_identify.py`` checks the equality.
-    """
-    return read_squeezed(io.BytesIO(jpeg), resize_size, aspect)
-
-
-def upload_image(data: bytes, transform: EvalTransform, max_pixels: int = DEFAULT_MAX_PIXELS, *,
-                 max_decoded_pixels: int | None = None) -> Image.Image:
-    """An uploaded file's bytes as the resized sheet ``transform`` crops, through the dataset
-    build's own steps: decode, the stored copies (≤1024 px, 256×256), JPEG round trip of the
-    one copy needed, read back as a stored file is read. Raises ``ImageRejected``
-    (``ImageTooLarge`` beyond ``max_decoded_pixels``, the web server's decode cap).
-    """
-    rgb, _, _ = decode_rgb(data, max_pixels=max_pixels, max_decoded_pixels=max_decoded_pixels)
-    large, small = resize_copies(rgb)
-    copy = large if needs_large_copy(transform.resize_size, transform.aspect) else small
-    return squeezed_copy(encode_jpeg(copy), transform.resize_size, transform.aspect)
 
 
 class Identifier:
     """A loaded bundle ready to identify sheets: preprocessing, calibration, taxonomy.
 
-    ``bundle`` is a :class:`~herbid.training.bundle.Bundle` or the path of a bundle or
+    ``bundle`` is a :class:`~herbid.inference.bundle.Bundle` or the path of a bundle or
     training run folder. ``batch_size`` caps how many images one forward pass sees.
     """
 
@@ -226,13 +172,11 @@ class Identifier:
         if batch_size < 1:
             raise InvalidOption("batch_size must be >= 1")
         self.device = resolve_device(device)
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=self.device)
-        self.bundle.model.to(self.device).eval()
+        self.bundle = as_bundle(bundle, self.device)
         self.batch_size = batch_size
         self.thresholds = Thresholds(uncertain_below, genus_above, family_above)
         self.max_pixels = max_pixels
         self.transform = eval_transform(self.bundle.preprocessing)
-        self._classifier = with_tta(self.bundle.model, self.bundle.preprocessing.tta)
         self.resize_size = self.transform.resize_size
         self.ranks = {rank: RankIndex.build(self.bundle.species, self.bundle.taxonomy, rank) for rank in RANKS}
 
@@ -280,14 +224,14 @@ class Identifier:
     # -- inference --------------------------------------------------------------------
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw logits (float32, on the CPU) in chunks of ``batch_size``."""
+        """Raw logits (float32, on the CPU, averaged over the bundle's TTA views) in chunks of
+        ``batch_size``."""
         if batch.dim() == 3:
             batch = batch.unsqueeze(0)
-        outputs = []
-        with torch.inference_mode():
-            for chunk in batch.split(self.batch_size):
-                outputs.append(self._classifier(chunk.to(self.device, non_blocking=True)).float().cpu())
-        return torch.cat(outputs) if outputs else torch.empty(0, len(self.species))
+        if len(batch) == 0:
+            return torch.empty(0, len(self.species))
+        return forward(self.bundle.model, batch.split(self.batch_size), self.device,
+                       tta=self.bundle.preprocessing.tta).logits
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Calibrated species probabilities ``softmax(logits / T)``, shape (B, n_species)."""

@@ -69,10 +69,16 @@ import pandas as pd
 import torch
 
 from herbid.data.splits import text_column
-from herbid.evaluation.evaluate import resolve_device
-from herbid.identification.index import (Encoded, SpecimenIndex, encode_rows, manifest_rows, open_index, ready_bundle,
-                                         sheet_metadata)
-from herbid.training.bundle import Bundle
+from herbid.identification.index import (
+    Encoded,
+    SpecimenIndex,
+    encode_rows,
+    manifest_rows,
+    open_index,
+    sheet_metadata,
+)
+from herbid.inference.bundle import Bundle, as_bundle
+from herbid.inference.device import resolve_device
 
 #: Columns of the review table, in order.
 REVIEW_COLUMNS: tuple[str, ...] = (
@@ -238,7 +244,7 @@ def review_dataset(bundle: str | Path | Bundle, dataset_dir: str | Path, *,
     Sheets are never their own evidence or nearest neighbour (matched by image id).
     """
     torch_device = resolve_device(device)
-    loaded = ready_bundle(bundle, torch_device)
+    loaded = as_bundle(bundle, torch_device)
     frame = manifest_rows(dataset_dir, split)
     encoded = encode_rows(loaded, dataset_dir, frame, batch_size=batch_size, device=torch_device,
                           progress=progress, description="review: scoring sheets")

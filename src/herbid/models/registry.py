@@ -61,12 +61,15 @@ def get_entry(name: str) -> ModelEntry:
         raise InvalidOption(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
-def create_model(name: str, num_classes: int, *, init: str = "random") -> tuple[HerbidModel, InitRecord]:
+def create_model(name: str, num_classes: int, *, init: str = "random",
+                 skip_classifier: bool = False) -> tuple[HerbidModel, InitRecord]:
     """Build ``name`` with a ``num_classes`` classifier and initialise it.
 
     ``init`` is ``random``, ``imagenet``, or the path of a weights file (a state_dict,
-    a herbid checkpoint or a bundle): every matching tensor is loaded, and the keys that
-    did not map are recorded.
+    a herbid checkpoint, a bundle or a run folder): every matching tensor is loaded, and
+    the keys that did not map are recorded. ``skip_classifier=True`` is the paper's
+    transfer protocol (training and the frozen-feature baselines): every layer but the
+    classifier comes from the file; the classifier stays new, sized for ``num_classes``.
     """
     entry = get_entry(name)
     model = entry.build(num_classes)
@@ -78,10 +81,11 @@ def create_model(name: str, num_classes: int, *, init: str = "random") -> tuple[
         return model, entry.load_imagenet(model)
     path = Path(init)
     if not path.exists():
-        raise InvalidOption(f"--init must be random, imagenet or an existing weights file; {init!r} is none of them")
+        raise InvalidOption(f"init must be random, imagenet or an existing weights file, bundle or run; "
+                            f"{init!r} is none of them")
     from herbid.models.weights import load_weights_file
 
-    return model, load_weights_file(model, path)
+    return model, load_weights_file(model, path, skip_classifier=skip_classifier)
 
 
 BUILTIN_MODEL_MODULES = ("small", "googlenet_bn", "efficientnet_lite")

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from herbid.errors import InvalidOption
-from herbid.models.base import IMAGENET_MEAN, IMAGENET_STD, HerbidModel, InitRecord, Preprocessing
+from herbid.models.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    HerbidModel,
+    InitRecord,
+    Preprocessing,
+)
 from herbid.models.registry import TIMM_PREFIX, ModelEntry, WeightsUnavailable
 
 

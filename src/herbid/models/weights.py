@@ -18,6 +18,7 @@ from torch import nn
 
 from herbid.errors import InvalidOption
 from herbid.models.base import InitRecord
+from herbid.models.bundle_files import WEIGHTS, resolve_bundle_path
 
 #: Where training checkpoints keep the model's state_dict (herbid's own is ``"model"``).
 CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict")
@@ -29,8 +30,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, checkpoint or bundle/run folder (never executes pickled code)."""
     path = Path(path)
     if path.is_dir():
-        from herbid.training.bundle import WEIGHTS, resolve_bundle_path
-
         path = resolve_bundle_path(path) / WEIGHTS
     if path.suffix == ".safetensors":
         return _read_safetensors(path)

@@ -24,14 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
-from herbid.data.folder import CLEANED_SHA256, DatasetError, load_manifest, save_manifest, write_json
+from herbid.data.folder import (
+    CLEANED_SHA256,
+    DatasetError,
+    load_manifest,
+    save_manifest,
+    write_json,
+)
 from herbid.data.imaging import encode_jpeg, open_image, resize_copies
 from herbid.errors import InvalidOption
+from herbid.pools import process_pool
 from herbid.preprocessing.cleaning import CleanMode, clean_sheet, get_segmenter
 from herbid.preprocessing.quality import sheet_quality
-from herbid.pools import process_pool
 from herbid.progress import progress_bar
 
 #: Manifest columns written by the quality pass.

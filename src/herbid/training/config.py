@@ -206,9 +206,9 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Reject values that would only fail later, deep inside a run."""
-    from herbid.training.schedules import SCHEDULES
-    from herbid.training.precision import AMP_MODES
+    from herbid.inference.device import AMP_MODES
     from herbid.models.tta import TTA_VIEWS
+    from herbid.training.schedules import SCHEDULES
 
     checks = [
         (config.epochs >= 0, "epochs must be >= 0"),
@@ -260,13 +260,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["lr=0.01", "epochs=5"]`` → ``{"lr": "0.01", "epochs": "5"}`` (typed later)."""
+    """``--set KEY=VALUE`` items: ``["lr=0.01", "hflip=false"]`` → ``{"lr": 0.01, "hflip": False}``.
+
+    Each VALUE is read as YAML, as in a config file (so an empty VALUE is null); ``-`` in a
+    KEY reads as ``_``. Keys and types are checked later, by :func:`load_config`.
+    """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out
 
 

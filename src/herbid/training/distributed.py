@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from herbid.errors import InvalidOption
+from herbid.inference.device import resolve_device
 
 #: Process-group backends by device type.
 BACKENDS: dict[str, str] = {"cuda": "nccl", "cpu": "gloo"}
@@ -52,33 +52,6 @@ def env_world() -> tuple[int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     return rank, local, world
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → this process's GPU if there is one, else the CPU.
-
-    A device this machine does not have is the user's mistake and says so in one line,
-    not as a CUDA traceback later in the first forward pass.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise InvalidOption(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidOption(f"device {name!r}: CUDA is not available on this machine; use --device cpu or auto")
-        count = torch.cuda.device_count()
-        if device.index is None:
-            device = torch.device("cuda", local_rank % count)
-        elif device.index >= count:
-            raise InvalidOption(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidOption(f"device {name!r}: MPS is not available on this machine; use --device cpu or auto")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise InvalidOption(f"device {name!r}: herbid runs on cpu, cuda or mps")
-    return device
 
 
 def setup(device_name: str) -> tuple[DistContext, torch.device]:

@@ -30,21 +30,50 @@ from torch.nn.parallel import DistributedDataParallel
 
 from herbid.data.folder import manifest_hash, write_json
 from herbid.errors import UserError
-from herbid.evaluation.metrics import evaluate_model, predict_logits
+from herbid.evaluation.metrics import evaluate_model
+from herbid.inference.bundle import (
+    RUN_BUNDLE_DIR,
+    BundleError,
+    read_bundle_meta,
+    save_bundle,
+)
+from herbid.inference.device import autocast
+from herbid.inference.forward import forward
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
-from herbid.models.tta import with_tta
 from herbid.provenance import provenance
-from herbid.training.bundle import BundleError, RUN_BUNDLE_DIR, read_bundle_meta, save_bundle
 from herbid.training.calibration import fit_temperature
-from herbid.training.checkpoint import (BEST_WEIGHTS, CHECKPOINT, TrainState, load_checkpoint, restore_rng_states,
-                                        save_checkpoint, save_weights, state_from_checkpoint)
-from herbid.training.config import CONFIG_YAML, TrainConfig, config_from_dict, save_config, validate
+from herbid.training.checkpoint import (
+    BEST_WEIGHTS,
+    CHECKPOINT,
+    TrainState,
+    load_checkpoint,
+    restore_rng_states,
+    save_checkpoint,
+    save_weights,
+    state_from_checkpoint,
+)
+from herbid.training.config import (
+    CONFIG_YAML,
+    TrainConfig,
+    config_from_dict,
+    save_config,
+    validate,
+)
 from herbid.training.curves import LOSS_CURVE, plot_curves, write_metrics
 from herbid.training.distributed import DistContext, all_reduce_sum, setup
 from herbid.training.losses import make_criterion
-from herbid.training.precision import autocast, grad_scaler
-from herbid.training.prepare import (Loaders, Splits, build_model, effective_preprocessing, eval_loader,
-                                     init_head_from_probe, make_loaders, make_optimizer, prepare_splits)
+from herbid.training.precision import grad_scaler
+from herbid.training.prepare import (
+    Loaders,
+    Splits,
+    build_model,
+    effective_preprocessing,
+    eval_loader,
+    init_head_from_probe,
+    make_loaders,
+    make_optimizer,
+    prepare_splits,
+)
 from herbid.training.progress import TrainProgress
 from herbid.training.schedules import LrLambda, make_scheduler
 
@@ -240,8 +269,8 @@ def _train_epoch(run: _Run, epoch: int, progress: TrainProgress, hooks: TrainHoo
 
 
 def _evaluate(run: _Run, loader: Any) -> dict[str, Any]:
-    return evaluate_model(with_tta(run.net, run.config.tta), loader, run.device, distributed=run.context.enabled,
-                          amp=run.config.amp)
+    return evaluate_model(run.net, loader, run.device, distributed=run.context.enabled, amp=run.config.amp,
+                          tta=run.config.tta)
 
 
 def _history_row(epoch: int, trained: dict[str, float], val: dict[str, Any] | None, test: dict[str, Any]) -> dict[str, Any]:
@@ -314,8 +343,8 @@ def _temperature(run: _Run) -> float:
     if run.loaders.val is None or not run.context.is_main:
         return 1.0
     loader = eval_loader(run.loaders.val.dataset, run.loaders.val.batch_size, DistContext())
-    logits, targets = predict_logits(with_tta(run.model, run.config.tta), loader, run.device, amp=run.config.amp)
-    return fit_temperature(logits, targets)
+    out = forward(run.model, loader, run.device, tta=run.config.tta, amp=run.config.amp)
+    return fit_temperature(out.logits, out.targets)
 
 
 def infer_init_chain(config: TrainConfig) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +20,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 from herbid.data.folder import DatasetError, load_manifest
 from herbid.data.splits import TEST, assign_splits
 from herbid.errors import InvalidOption
+from herbid.inference.forward import forward
+from herbid.inference.pixels import eval_transform, resolved_sizes
+from herbid.inference.sheets import (
+    ManifestDataset,
+    ShardSampler,
+    select_rows,
+    species_and_taxonomy,
+)
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
 from herbid.models.registry import create_model
 from herbid.training.config import TrainConfig
-from herbid.training.data import (ManifestDataset, SeededBatchSampler, ShardSampler, eval_transform, quality_weights,
-                                  resolved_sizes, select_rows, species_and_taxonomy, train_transform)
+from herbid.training.data import SeededBatchSampler, quality_weights, train_transform
 from herbid.training.distributed import DistContext
 
 log = logging.getLogger(__name__)
@@ -79,16 +85,7 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[HerbidModel, Ini
     the file, bundle or run; the classifier is new, sized for this dataset's species.
     """
     torch.manual_seed(config.seed)
-    if config.init in ("random", "imagenet"):
-        return create_model(config.arch, num_classes, init=config.init)
-    path = Path(config.init)
-    if not path.exists():
-        raise InvalidOption(f"init must be random, imagenet or an existing weights file, bundle or run; "
-                         f"{config.init!r} is none of them")
-    from herbid.models.weights import load_weights_file
-
-    model, _ = create_model(config.arch, num_classes, init="random")
-    return model, load_weights_file(model, path, skip_classifier=True)
+    return create_model(config.arch, num_classes, init=config.init, skip_classifier=True)
 
 
 #: Floor on the probe's feature std (fraction of the median): folded into the layer,
@@ -135,7 +132,7 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
     The probe standardises features; the standardisation is folded into the linear layer,
     so the model is unchanged in form. Returns a small record for the run's provenance.
     """
-    from herbid.evaluation.baselines import DEFAULT_L2, fit_logistic_regression, pooled_features
+    from herbid.evaluation.baselines import DEFAULT_L2, fit_logistic_regression
 
     head = model.get_classifier()
     if not isinstance(head, nn.Linear):
@@ -147,7 +144,7 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
     recalibrated = 0
     if config.head_init == "bn-linear-probe":
         recalibrated = recalibrate_batchnorm(model, loader, device, memory_format)
-    features = pooled_features(model, loader, device, memory_format)
+    features = forward(model, loader, device, pooled=True).pooled.numpy()
     probe = fit_logistic_regression(features, np.asarray(dataset.targets), len(splits.species),
                                     l2=DEFAULT_L2, std_floor=HEAD_INIT_STD_FLOOR)
     weight = probe.weight / probe.std

@@ -29,9 +29,9 @@ otherwise), so a web page cannot reach a loopback server through DNS rebinding.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import mimetypes
-import ipaddress
 import secrets
 import threading
 from collections.abc import Sequence
@@ -49,7 +49,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import herbid
-from herbid.data.imaging import DECODE_BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS, ImageRejected, ImageTooLarge
+from herbid.data.imaging import (
+    DECODE_BYTES_PER_PIXEL,
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    ImageTooLarge,
+)
 from herbid.errors import InvalidOption
 from herbid.web.uploads import UploadError, read_upload
 
@@ -185,7 +190,7 @@ class Service:
 
         tensor = (gate.sheet_tensor(self.identifier, data) if gate is not None
                   else self.identifier.sheet_tensor(data)).unsqueeze(0)
-        encoded = encode_tensors(self.identifier.bundle.model, [tensor], self.identifier.device)
+        encoded = encode_tensors(self.identifier.bundle, [tensor], self.identifier.device)
         logits = torch.from_numpy(encoded.logits) / self.identifier.temperature
         result = self.identifier.from_probabilities(logits.softmax(dim=1), top_k)[0].to_dict()
         if similar > 0:

@@ -17,7 +17,7 @@ fallback that is reported), ``fieldsTerminatedBy``, ``fieldsEnclosedBy`` (empty:
 quoting), ``linesTerminatedBy`` (``\\n``/``\\r\\n``/``\\r`` are treated alike because
 archives often declare one and ship another), ``ignoreHeaderLines`` and per-field
 ``default`` values. Row-to-record rules and problem reporting are shared with the CSV
-source (see :mod:`herbid.data.sources.tabular`).
+source (see :mod:`herbid.data.sources.rows`).
 """
 
 from __future__ import annotations
@@ -31,30 +31,43 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from xml.etree.ElementTree import Element, ParseError
 
-from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
+from defusedxml import (
+    DefusedXmlException,
+    DTDForbidden,
+    EntitiesForbidden,
+    ExternalReferenceForbidden,
+)
 from defusedxml.ElementTree import fromstring as safe_fromstring
 
 from herbid.data.records import SourceRecord
-from herbid.data.sources.base import IMAGE_SUFFIXES, ProblemLog, Source, SourceError, register_source
-from herbid.data.sources.tabular import (
-    Dialect,
+from herbid.data.sources.base import (
+    IMAGE_SUFFIXES,
+    ProblemLog,
+    Source,
+    SourceError,
+    register_source,
+)
+from herbid.data.sources.media import (
     MediaError,
     MediaRef,
+    looks_like_location,
+    split_media,
+)
+from herbid.data.sources.messages import one_line
+from herbid.data.sources.rows import (
     RowRules,
-    TextTable,
     canonical_column,
-    check_encoding,
     field_count_problem,
     first_license,
-    looks_like_location,
     missing_column_problem,
-    one_line,
-    open_zip,
     put_value,
-    read_errors_as_source_error,
     row_records,
-    split_media,
     term_name,
+)
+from herbid.data.sources.tables import Dialect, TextTable, check_encoding
+from herbid.data.sources.zipsafe import (
+    open_zip,
+    read_errors_as_source_error,
     unsafe_member,
 )
 

@@ -17,18 +17,18 @@ from typing import Any
 import torch
 
 from herbid.data.folder import atomic_path, write_json
-from herbid.errors import UserError
 from herbid.models.base import HerbidModel, Preprocessing
+from herbid.models.bundle_files import (
+    BUNDLE_FORMAT,
+    BUNDLE_JSON,
+    RUN_BUNDLE_DIR,
+    WEIGHTS,
+    BundleError,
+    resolve_bundle_path,
+)
 
-BUNDLE_FORMAT = "herbid-bundle/1"
-BUNDLE_JSON = "bundle.json"
-WEIGHTS = "weights.pt"
-RUN_BUNDLE_DIR = "bundle"
-
-
-class BundleError(UserError):
-    """A path that is not a bundle (or run folder), or a damaged bundle."""
-
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_JSON", "RUN_BUNDLE_DIR", "WEIGHTS", "Bundle", "BundleError", "as_bundle",
+           "load_bundle", "read_bundle_meta", "resolve_bundle_path", "save_bundle"]
 
 @dataclass
 class Bundle:
@@ -47,15 +47,6 @@ class Bundle:
         """A short id for identifications: the arch plus the weights' origin."""
         commit = (self.provenance.get("git_commit") or "")[:8]
         return f"{self.arch}@{self.provenance.get('created', '?')}{'/' + commit if commit else ''}"
-
-
-def resolve_bundle_path(path: str | Path) -> Path:
-    """The bundle folder for ``path``: a bundle itself or a run folder holding one."""
-    path = Path(path)
-    for candidate in (path, path / RUN_BUNDLE_DIR):
-        if (candidate / BUNDLE_JSON).is_file() and (candidate / WEIGHTS).is_file():
-            return candidate
-    raise BundleError(f"{path}: not a model bundle or training run folder (no {BUNDLE_JSON} + {WEIGHTS})")
 
 
 def save_bundle(path: str | Path, *, model: HerbidModel, arch: str, species: list[str],
@@ -112,3 +103,11 @@ def load_bundle(path: str | Path, *, device: str | torch.device = "cpu") -> Bund
         metrics=meta.get("metrics", {}),
         path=folder,
     )
+
+
+def as_bundle(bundle: Bundle | str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """``bundle`` itself (moved to ``device``), or the bundle loaded from a bundle or run folder."""
+    if isinstance(bundle, Bundle):
+        bundle.model.to(device).eval()
+        return bundle
+    return load_bundle(bundle, device=device)

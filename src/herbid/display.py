@@ -1,4 +1,4 @@
-"""Human-readable output of the CLI (rich tables); ``--json`` bypasses all of it."""
+"""Human-readable terminal output of the CLI and the demo (rich tables); ``--json`` bypasses all of it."""
 
 from __future__ import annotations
 
