@@ -2,8 +2,8 @@
 
 herbid's packages depend on each other in one direction:
 
-    data → models → inference → training → experiments
-                    inference → evaluation / identification / web / export
+    data → models → inference → evaluation → training → experiments
+                    inference → identification → web / export
 
 plus a few leaf modules anyone may use (errors, progress, display, provenance, pools).
 Every import of every module — including imports inside functions — is read from the
@@ -32,8 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "identification": {"data", "models", "inference"},
     "export": {"data", "models", "inference", "identification"},  # the check compares with identify
     "web": {"data", "models", "inference", "identification"},
-    "training": {"data", "preprocessing", "models", "inference", "evaluation"},  # test metrics, LP-FT head
-    "experiments": {"data", "preprocessing", "models", "inference", "evaluation", "training", "identification"},
+    "training": {"data", "models", "inference", "evaluation"},  # test metrics, the LP-FT head's probe
+    "experiments": {"data", "models", "inference", "evaluation", "training", "identification"},
     "demo": {"data", "experiments"},
     "cli": {"data", "preprocessing", "models", "inference", "evaluation", "identification", "export", "web",
             "training", "experiments", "demo"},

@@ -21,6 +21,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from herbid.evaluation.metrics import evaluate_model
 from herbid.inference.sheets import ShardSampler
 
+#: Both tests share one torchrun launch of 2 processes (14–31 s on a 2-core machine, the slowest
+#: fixture of the training tests): deselect with ``-m 'not slow'``.
+pytestmark = pytest.mark.slow
+
 N_EVAL = 13
 N_CLASSES = 7
 

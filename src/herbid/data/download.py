@@ -12,22 +12,31 @@ calls through :func:`get_json`, so an offline run fails in seconds rather than m
 Both follow redirects by hand (at most :data:`MAX_REDIRECTS`) so that every hop passes
 :func:`~herbid.data.url_policy.check_url` before it is connected to: only http(s), and only
 public addresses unless ``allow_private_hosts``. A refused URL is never retried.
+
+What does not depend on the retry policy lives beside this module and is importable from
+here: the redirect follower (:mod:`herbid.data.redirects`), the outcomes an attempt ends
+in (:mod:`herbid.data.http_outcomes`) and the local names of downloaded images
+(:mod:`herbid.data.image_files`).
+
+One cohesive module: the retrying fetcher, that is one :class:`RetryPolicy`, the loop
+that applies it, and the two kinds of request it serves (JSON pages and streamed images
+under a hard deadline). They stay together because ``backoff_sleep`` and
+``MAX_JSON_BYTES`` are module-wide switches that callers and tests patch here, for both
+kinds at once: that pins the policy and :func:`get_json` to this module, and the image
+worker, moved out, would have to import the policy back from here (an import cycle).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import mimetypes
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -35,8 +44,12 @@ import httpx
 
 from herbid import __version__
 from herbid.data.folder import atomic_path
+from herbid.data.http_outcomes import FetchError, _classify_transport_error, _GiveUp, _Retry, error_text
+from herbid.data.image_files import completed_downloads, existing_download, guess_extension, image_filename_stem
+from herbid.data.redirects import MAX_REDIRECTS as MAX_REDIRECTS
+from herbid.data.redirects import _send_checked
 from herbid.data.sources.base import ProblemLog
-from herbid.data.url_policy import URLRefused, check_url, check_url_syntax
+from herbid.data.url_policy import URLRefused, check_url_syntax
 from herbid.progress import progress_bar
 
 __all__ = [
@@ -53,47 +66,14 @@ __all__ = [
 backoff_sleep: Callable[[float], None] = time.sleep
 
 USER_AGENT = f"herbid/{__version__} (herbarium dataset builder; python-httpx)"
-#: Redirects followed per request (httpx's own default), every hop checked like the first URL.
-MAX_REDIRECTS = 20
 #: Largest portal API answer read (a page of 100 iDigBio records is ~0.5 MB): a hostile or
 #: broken server cannot make herbid hold an endless body in memory.
 MAX_JSON_BYTES = 64 * 2**20
 
-#: Extensions a downloaded image may get; anything else is named ``.bin`` for the image stage to judge.
-_IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"})
-#: Leading bytes of the formats herbaria serve, to name files by what they are, not what they claim.
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", ".jpg"),
-    (b"\x89PNG\r\n\x1a\n", ".png"),
-    (b"GIF87a", ".gif"),
-    (b"GIF89a", ".gif"),
-    (b"II*\x00", ".tif"),
-    (b"MM\x00*", ".tif"),
-    (b"BM", ".bmp"),
-    (b"\x00\x00\x00\x0cjP  ", ".jp2"),
-)
 #: Content types that are certainly not a specimen photograph (error pages, SVG placeholders).
 _NOT_IMAGES = ("text/", "application/json", "application/xml", "application/xhtml", "image/svg")
 
 T = TypeVar("T")
-
-
-class FetchError(Exception):
-    """An HTTP request that failed for good (after the retries the policy allows).
-
-    ``unreachable`` is true when no connection could be made at all (DNS, refused, connect
-    timeout): callers report that as "are you offline?" rather than as a bad answer.
-    ``refused`` is true when herbid would not connect (a scheme or address it never fetches).
-    """
-
-    def __init__(self, url: str, reason: str, *, status: int | None = None, unreachable: bool = False,
-                 refused: bool = False) -> None:
-        super().__init__(reason)
-        self.url = url
-        self.reason = reason
-        self.status = status
-        self.unreachable = unreachable
-        self.refused = refused
 
 
 @dataclass
@@ -144,50 +124,6 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return when.timestamp() - time.time()
-
-
-def image_filename_stem(url: str) -> str:
-    """The stable local name of ``url`` without extension: the SHA-1 of the URL."""
-    return hashlib.sha1(url.encode("utf-8")).hexdigest()
-
-
-def error_text(exc: BaseException) -> str:
-    """A one-line description of ``exc`` (some httpx errors have an empty message)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-# --- one attempt's outcome, raised inside an attempt and judged by the retry loop --------------
-
-
-class _Retry(Exception):
-    """This attempt failed in a way worth trying again; ``wait`` overrides the back-off."""
-
-    def __init__(self, reason: str, *, connect: bool = False, wait: float | None = None,
-                 status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.connect = connect
-        self.wait = wait
-        self.status = status
-
-
-class _GiveUp(Exception):
-    """This URL will not work however often it is asked (404, too large, not an image)."""
-
-    def __init__(self, reason: str, status: int | None = None, detail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.detail = detail
-
-
-def _classify_transport_error(exc: httpx.TransportError, timeout: float) -> _Retry:
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return _Retry(f"unreachable: {error_text(exc)}", connect=True)
-    if isinstance(exc, httpx.TimeoutException):
-        return _Retry(f"timed out: no answer within {timeout:g} s")
-    return _Retry(f"network error: {error_text(exc)}")
 
 
 def _check_status(response: httpx.Response, policy: RetryPolicy, attempt: int) -> None:
@@ -280,53 +216,6 @@ def get_json(
         raise FetchError(url, str(refused), refused=True) from None
 
 
-@contextmanager
-def _send_checked(
-    client: httpx.Client,
-    request: httpx.Request,
-    *,
-    allow_private_hosts: bool = False,
-    hop_timeout: Callable[[], httpx.Timeout] | None = None,
-) -> Iterator[httpx.Response]:
-    """The streamed response to ``request``, redirects followed by hand, closed on exit.
-
-    Every hop's URL passes :func:`~herbid.data.url_policy.check_url` right before it is
-    connected to (raising :class:`URLRefused`), so neither a record nor a redirect can make
-    herbid read ``file://``, ``gopher://`` or an internal address. ``hop_timeout`` gives
-    each hop its timeouts (what is left of a deadline). A host name that does not resolve
-    is an :class:`httpx.ConnectError`, as if httpx had tried.
-
-    Residual risk: the name is resolved here and again by httpx to connect, so a DNS server
-    answering a public address now and an internal one a moment later (DNS rebinding) is
-    not caught; pinning the checked address would need a custom httpcore network backend.
-    """
-    for hop in range(MAX_REDIRECTS + 1):
-        try:
-            check_url(request.url, allow_private_hosts=allow_private_hosts)
-        except URLRefused as refused:
-            if not hop:
-                raise
-            where = f"redirect {hop} to {str(request.url)[:200]}"
-            raise URLRefused(refused.reason, f"{where}; {refused.detail}" if refused.detail else where) from None
-        except OSError as exc:
-            raise httpx.ConnectError(error_text(exc), request=request) from exc
-        if hop_timeout is not None:
-            request.extensions = {**request.extensions, "timeout": hop_timeout().as_dict()}
-        try:
-            response = client.send(request, stream=True, follow_redirects=False)
-        except httpx.InvalidURL as exc:  # a Location httpx cannot parse, e.g. "javascript:..."
-            raise URLRefused("refused: not an http(s) URL", f"redirect {hop + 1}: {error_text(exc)}") from exc
-        if response.next_request is None:
-            try:
-                yield response
-            finally:
-                response.close()
-            return
-        response.close()
-        request = response.next_request
-    raise _GiveUp(f"too many redirects: more than {MAX_REDIRECTS}")
-
-
 def _read_at_most(response: httpx.Response, limit: int) -> bytes:
     """The (decoded) body of ``response``; :class:`_GiveUp` past ``limit`` bytes, without reading on."""
     parts: list[bytes] = []
@@ -378,46 +267,6 @@ class _Job:
     def report(self, url: str, reason: str, detail: str = "") -> None:
         with self.lock:  # ProblemLog is not meant to be shared between threads
             self.problems.add("fetch", url, reason, "dropped", detail=detail)
-
-
-def completed_downloads(dest_dir: Path) -> dict[str, Path]:
-    """The files earlier runs completed in ``dest_dir``, by file stem (the URL's SHA-1).
-
-    Only complete files carry their final name (a partial one is a hidden ``.part`` file
-    until it is renamed), so every non-empty visible file counts. One directory listing
-    serves the whole run: globbing once per URL would be quadratic in big folders.
-    """
-    done: dict[str, Path] = {}
-    if not Path(dest_dir).is_dir():
-        return done
-    for entry in sorted(Path(dest_dir).iterdir()):
-        if entry.name.startswith(".") or entry.suffix == ".part" or not entry.is_file():
-            continue
-        if entry.stat().st_size > 0:
-            done.setdefault(entry.stem, entry)
-    return done
-
-
-def existing_download(dest_dir: Path, url: str) -> Path | None:
-    """The completed download of ``url`` in ``dest_dir`` that an earlier run left, if any."""
-    return completed_downloads(dest_dir).get(image_filename_stem(url))
-
-
-def guess_extension(url: str, content_type: str | None, head: bytes) -> str:
-    """The file extension: from the bytes if recognisable, else the content type, else the URL."""
-    for magic, ext in _MAGIC:
-        if head.startswith(magic):
-            return ext
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return ".webp"
-    if content_type:
-        guessed = mimetypes.guess_extension(content_type.split(";")[0].strip().lower())
-        if guessed in _IMAGE_EXTENSIONS:
-            return guessed
-        if guessed == ".jpe":
-            return ".jpg"
-    suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
-    return suffix if suffix in _IMAGE_EXTENSIONS else ".bin"
 
 
 def _refuse_content_type(content_type: str | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -82,6 +83,20 @@ def manifest_hash(folder: str | Path) -> str:
 def read_json(path: str | Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def json_ready(value: Any) -> Any:
+    """A table cell as JSON wants it: NaN, ±inf and pandas' NA → None, numpy scalars →
+    Python numbers; lists and dicts pass through unchanged."""
+    if isinstance(value, (list, dict)) or value is None:
+        return value
+    if value is pd.NA:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -288,16 +288,6 @@ def encode_jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def normalised_copies(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, Image.Image]:
-    """The large and 256×256 copies of an image exactly as a dataset build stores them.
-
-    Identification of a new sheet goes through this, so that a sheet gives the model the
-    same pixels (JPEG round trip included) whether it came from a dataset or an upload.
-    """
-    rgb, _, _ = decode_rgb(data, max_pixels=max_pixels)
-    return tuple(open_image(encode_jpeg(copy), max_pixels).convert("RGB") for copy in resize_copies(rgb))
-
-
 def perceptual_hash(image: Image.Image) -> str:
     """256-bit DCT perceptual hash (64 hex digits) for near-duplicate detection.
 

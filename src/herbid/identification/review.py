@@ -58,7 +58,6 @@ cannot make an ordinary sheet look as foreign as a far-away one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +67,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from herbid.data.folder import json_ready
 from herbid.data.splits import text_column
 from herbid.identification.index import (
     Encoded,
@@ -306,15 +306,5 @@ def review_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     """The review as JSON-ready dicts (NaN → None, numpy → Python)."""
     records = []
     for row in table.to_dict(orient="records"):
-        records.append({key: _plain(value) for key, value in row.items()})
+        records.append({key: json_ready(value) for key, value in row.items()})
     return records
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, dict)):
-        return value
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -8,7 +8,7 @@ recorded, not silently dropped: a result must say what its model started from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
@@ -140,26 +140,6 @@ def load_weights_file(model: nn.Module, path: str | Path, *, skip_classifier: bo
             return record
     skip = classifier_keys(model) if skip_classifier else frozenset()
     return load_matching(model, state, skip=skip, kind="file", source=str(path))
-
-
-def load_remapped(model: nn.Module, state: Mapping[str, torch.Tensor], rename: Callable[[str], str | None], *,
-                  skip: AbstractSet[str] = frozenset(), kind: str = "file", source: str = "") -> InitRecord:
-    """``load_matching`` after renaming the file's keys (``rename`` → None drops a key).
-
-    For weights saved by another implementation of the same network; dropped keys are
-    recorded as unexpected.
-    """
-    renamed: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    for key, tensor in state.items():
-        target = rename(key)
-        if target is None:
-            dropped.append(key)
-        else:
-            renamed[target] = tensor
-    record = load_matching(model, renamed, skip=skip, kind=kind, source=source)
-    record.unexpected_keys = dropped + record.unexpected_keys
-    return record
 
 
 def map_in_order(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,

@@ -70,15 +70,6 @@ def setup(device_name: str) -> tuple[DistContext, torch.device]:
     return DistContext(dist.get_rank(), local_rank, dist.get_world_size(), owns), device
 
 
-def broadcast_object(value: object, context: DistContext) -> object:
-    """Rank 0's ``value`` on every rank (e.g. a decision only rank 0 can make)."""
-    if not context.enabled:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     if context.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
