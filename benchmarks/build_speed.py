@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import LARGE_WIDTH, TRAIN_SIZE
+from herbid.data.dataset_folder import LARGE_WIDTH, TRAIN_SIZE
 from herbid.data.sources.base import is_image_file
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "harvard-herbaria"

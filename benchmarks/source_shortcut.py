@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import text_column
 from herbid.inference.bundle import load_bundle
 from herbid.inference.forward import forward

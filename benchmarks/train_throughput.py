@@ -37,7 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.evaluation.metrics import evaluate_model
@@ -123,7 +123,7 @@ def bare_training(args, data: Path, frame, species, preprocessing, clock: StepCl
 
 def herbid_training(args, data: Path, out: Path, clock: StepClock) -> list[float]:
     """Images/s per epoch as ``train()`` records them (its inner loop only)."""
-    config = TrainConfig(dataset=str(data), out=str(out), arch=args.arch, batch_size=args.batch, epochs=args.epochs,
+    config = TrainConfig.from_recipe("paper", dataset=str(data), out=str(out), arch=args.arch, batch_size=args.batch, epochs=args.epochs,
                          max_steps_per_epoch=args.steps, workers=args.workers, channels_last=True)
     result = train(config, progress=False, hooks=TrainHooks(on_step=clock))
     return [row["images_per_second"] for row in result.history]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import manifest_path
+from herbid.data.dataset_folder import manifest_path
 from herbid.data.splits import split_dataset
 from herbid.evaluation.baselines import DEFAULT_L2, score_method, split_features
 

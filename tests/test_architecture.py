@@ -25,7 +25,7 @@ LEAVES = {"__init__", "errors", "progress", "display", "provenance", "pools"}
 #: package → the packages its modules may import (leaves always allowed).
 ALLOWED: dict[str, set[str]] = {
     "data": set(),
-    "preprocessing": {"data"},  # cleaning and quality scores of dataset images
+    "cleaning": {"data"},  # label masks, plant crops and quality scores of dataset images
     "models": set(),  # architectures, weights files and the bundle's file layout
     "inference": {"data", "models"},  # bundle, pixel path, device, the one forward pass
     "evaluation": {"data", "models", "inference"},
@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"data", "models", "inference", "evaluation"},  # test metrics, the LP-FT head's probe
     "experiments": {"data", "models", "inference", "evaluation", "training", "identification"},
     "demo": {"data", "experiments"},
-    "cli": {"data", "preprocessing", "models", "inference", "evaluation", "identification", "export", "web",
+    "cli": {"data", "cleaning", "models", "inference", "evaluation", "identification", "export", "web",
             "training", "experiments", "demo"},
 }
 #: Where ``herbid.training`` may be imported from: code that uses a model never imports the trainer.

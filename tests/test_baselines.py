@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.evaluation.baselines import (
     METHODS,
     fit_logistic_regression,

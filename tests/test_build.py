@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import LARGE_WIDTH, TRAIN_SIZE, load_manifest
+from herbid.data.dataset_folder import LARGE_WIDTH, TRAIN_SIZE, load_manifest
 
 OPTIONS = BuildOptions(workers=1, progress=False)
 

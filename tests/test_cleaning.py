@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from herbid.data.synthetic import SheetLayout, SheetStyle, render_sheet
-from herbid.preprocessing import (
+from herbid.cleaning import (
     SEGMENTERS,
     ClassicalSegmenter,
     SheetSegmentation,
@@ -15,6 +14,7 @@ from herbid.preprocessing import (
     get_segmenter,
     sheet_quality,
 )
+from herbid.data.synthetic import SheetLayout, SheetStyle, render_sheet
 
 SEEDS = range(8)
 
@@ -169,11 +169,11 @@ def test_white_scanner_background_is_not_overexposure(sheets) -> None:
 
 
 def test_clean_dataset_keeps_rows_and_adds_quality(tmp_path) -> None:
+    from herbid.cleaning.dataset import QUALITY_COLUMNS, clean_dataset
     from herbid.data.build import BuildOptions, build_dataset
-    from herbid.data.folder import load_manifest
+    from herbid.data.dataset_folder import load_manifest
     from herbid.data.splits import split_dataset
     from herbid.data.synthetic import make_synthetic_collection
-    from herbid.preprocessing.dataset import QUALITY_COLUMNS, clean_dataset
 
     source = make_synthetic_collection(tmp_path / "src", n_species=2, per_species=3, seed=4, size=(300, 420))
     built = build_dataset([source], tmp_path / "ds", BuildOptions(workers=1, progress=False)).out
@@ -195,7 +195,7 @@ def test_clean_dataset_keeps_rows_and_adds_quality(tmp_path) -> None:
         changed += (np.abs(a - b) > 40).mean() > 0.002  # some clutter painted over
     assert changed >= 5  # a sheet may come without label (SheetStyle.sample draws it)
     # other pixels, so another manifest hash (no shared cached stages or provenance)
-    from herbid.data.folder import manifest_hash
+    from herbid.data.dataset_folder import manifest_hash
 
     assert manifest_hash(tmp_path / "clean") != manifest_hash(built)
     assert cleaned["cleaned_sha256"].str.len().eq(64).all()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from herbid.cli.main import main
-from herbid.data.folder import load_manifest, read_json
+from herbid.data.dataset_folder import load_manifest, read_json
 from herbid.data.synthetic import make_synthetic_collection
 
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from herbid.cli.main import main
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.evaluation.evaluate import evaluate_bundle
 from herbid.models.registry import MODELS, list_models
 from herbid.training import loop

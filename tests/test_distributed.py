@@ -87,7 +87,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = make_synthetic_collection(workdir / "source", n_species=3, per_species=5, seed=3)
     build_dataset([source], workdir / "sheets", BuildOptions(workers=1, progress=False))
     split_dataset(workdir / "sheets", by="collector", test_fraction=0.3, seed=0)
-    save_config(TrainConfig(dataset=str(workdir / "sheets"), out=str(workdir / "run"), arch="small_cnn", epochs=2,
+    save_config(TrainConfig.from_recipe("paper", dataset=str(workdir / "sheets"), out=str(workdir / "run"), arch="small_cnn", epochs=2,
                             batch_size=4, lr=0.02, workers=0), workdir / "train.yaml")
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -112,7 +112,7 @@ def test_distributed_evaluation_counts_each_image_once(launched: Path) -> None:
 
 
 def test_two_process_training_writes_one_bundle(launched: Path) -> None:
-    from herbid.data.folder import load_manifest
+    from herbid.data.dataset_folder import load_manifest
     from herbid.inference.bundle import load_bundle
     from herbid.training.curves import read_metrics
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.evaluation.evaluate import evaluate_bundle, rank_top1, topk_hits
@@ -101,9 +101,9 @@ def test_rank_top1_sums_probabilities_per_taxon():
 
 def test_knn_fusion_mixes_in_neighbour_votes(trained):
     import numpy as np
+    import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    import torch.nn.functional as F
     from herbid.evaluation.baselines import knn_classify
     from herbid.inference.pixels import eval_transform
     from herbid.inference.sheets import ManifestDataset

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest, manifest_hash
+from herbid.data.dataset_folder import load_manifest, manifest_hash
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.experiments.datasets import DatasetConfigError, load_datasets_toml, prepare_dataset
 from herbid.experiments.report import MARKDOWN_COLUMNS, RESULT_COLUMNS

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from herbid.cli.main import main
-from herbid.data.folder import write_json
+from herbid.data.dataset_folder import write_json
 from herbid.data.synthetic import make_synthetic_collection
 from synthetic_data import half_held_out
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.records import Problem
 from herbid.data.sources.base import ProblemLog
 from herbid.data.sources.tabular import DwcCsvSource

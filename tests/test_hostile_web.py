@@ -21,7 +21,7 @@ from PIL import Image
 
 from herbid.cli.main import main
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.imaging import decode_rgb
 from herbid.web.app import DEFAULT_MAX_UPLOAD_PIXELS, create_app
 from herbid.web.server import running_server, served_hosts

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 import herbid
 from herbid.cli.main import main
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.imaging import ImageRejected
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection

@@ -20,7 +20,7 @@ import pytest
 
 from herbid.cli.main import main
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest, save_manifest
+from herbid.data.dataset_folder import load_manifest, save_manifest
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.identification.index import (
@@ -74,7 +74,7 @@ def trained_collection(tmp_path_factory: pytest.TempPathFactory) -> TrainedColle
     collection.known.mkdir()
     os.symlink(collection.full / "images", collection.known / "images")
     save_manifest(collection.known, manifest[manifest["scientificName"] != NEW_SPECIES])
-    train(TrainConfig(dataset=str(collection.known), out=str(collection.run), arch="small_cnn", epochs=10,
+    train(TrainConfig.from_recipe("paper", dataset=str(collection.known), out=str(collection.run), arch="small_cnn", epochs=10,
                       batch_size=4, lr=0.02, workers=0, device="cpu"), progress=False)
     (root / "DONE").touch()
     return collection

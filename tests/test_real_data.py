@@ -14,7 +14,7 @@ import pytest
 from herbid.cli.main import main
 from herbid.data.audit import audit_dataset
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.sources.base import SourceError, open_source
 from herbid.data.splits import split_dataset
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from herbid.evaluation.evaluate import evaluate_bundle
 from herbid.evaluation.baselines import run_baseline
+from herbid.evaluation.evaluate import evaluate_bundle
 from herbid.experiments.runner import ExperimentError, run_experiments
 from herbid.inference.bundle import load_bundle
 from herbid.inference.forward import SheetClassifier, forward
@@ -43,7 +43,8 @@ def test_default_recipe_is_sheet_and_bare_config_is_the_paper() -> None:
     assert (config.init, config.tta, config.head_init, config.vflip) == ("imagenet", "flip", "linear-probe", True)
     assert config.input_size > 224  # higher resolution than the paper's crops
     paper = load_config(overrides={"recipe": "paper"})
-    assert paper == TrainConfig(recipe="paper")
+    assert paper == TrainConfig.from_recipe("paper")
+    assert load_config() == TrainConfig()  # one default: the API's, the CLI's and load_config's
     assert (paper.lr, paper.batch_size, paper.input_size, paper.tta) == (0.0075, 16, None, "none")
     assert set(RECIPES) >= {"paper", "sheet", "smoke"}
 
@@ -100,9 +101,9 @@ def test_vflip_flips_rows_and_leaves_other_configs_unchanged() -> None:
 def test_linear_probe_head_fits_the_training_images(dataset: Path, tmp_path: Path) -> None:
     """With 0 epochs the bundle is the initial model: an LP head already separates the
     training sheets; a random head is at chance."""
-    probe = train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "lp"), epochs=0, head_init="linear-probe",
+    probe = train(TrainConfig.from_recipe("paper", dataset=str(dataset), out=str(tmp_path / "lp"), epochs=0, head_init="linear-probe",
                               **SMALL), progress=False)
-    fresh = train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "random"), epochs=0, **SMALL), progress=False)
+    fresh = train(TrainConfig.from_recipe("paper", dataset=str(dataset), out=str(tmp_path / "random"), epochs=0, **SMALL), progress=False)
     on_train = evaluate_bundle(probe.bundle_dir, dataset, split="train", device="cpu")
     assert on_train["top1"] >= 0.9
     assert evaluate_bundle(fresh.bundle_dir, dataset, split="train", device="cpu")["top1"] <= 0.5
@@ -110,7 +111,7 @@ def test_linear_probe_head_fits_the_training_images(dataset: Path, tmp_path: Pat
 
 
 def test_bundle_carries_tta_to_evaluation(dataset: Path, tmp_path: Path) -> None:
-    result = train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "tta"), epochs=1, tta="flip", **SMALL),
+    result = train(TrainConfig.from_recipe("paper", dataset=str(dataset), out=str(tmp_path / "tta"), epochs=1, tta="flip", **SMALL),
                    progress=False)
     bundle = load_bundle(result.bundle_dir)
     assert bundle.preprocessing.tta == "flip"
@@ -201,7 +202,7 @@ def test_hierarchical_loss_prefers_the_right_genus() -> None:
 
 
 def test_training_with_taxonomy_loss_learns(dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    config = TrainConfig(dataset=str(dataset), out=str(tmp_path / "tax"), epochs=6, taxonomy_loss=0.5, seed=1,
+    config = TrainConfig.from_recipe("paper", dataset=str(dataset), out=str(tmp_path / "tax"), epochs=6, taxonomy_loss=0.5, seed=1,
                          **SMALL)
     criterion = loop.make_criterion(["a", "b"], {"a": {"genus": "A"}, "b": {"genus": "B"}}, label_smoothing=0.0,
                                     taxonomy_weight=0.5)
@@ -325,7 +326,7 @@ def test_recalibrated_batchnorm_matches_the_data() -> None:
 
 
 def test_bn_linear_probe_head_fits_the_training_images(dataset: Path, tmp_path: Path) -> None:
-    result = train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "bnlp"), epochs=0,
+    result = train(TrainConfig.from_recipe("paper", dataset=str(dataset), out=str(tmp_path / "bnlp"), epochs=0,
                                head_init="bn-linear-probe", **SMALL), progress=False)
     assert evaluate_bundle(result.bundle_dir, dataset, split="train", device="cpu")["top1"] >= 0.9
     note = load_bundle(result.bundle_dir).provenance["init"]["note"]
@@ -347,9 +348,9 @@ def test_sample_weights_make_a_weighted_mean() -> None:
 def test_quality_sample_weights_need_scores(dataset: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    from herbid.data.folder import load_manifest, save_manifest
+    from herbid.data.dataset_folder import load_manifest, save_manifest
 
-    config = TrainConfig(dataset=str(dataset), out=str(tmp_path / "q"), epochs=2, sample_weight="quality", **SMALL)
+    config = TrainConfig.from_recipe("paper", dataset=str(dataset), out=str(tmp_path / "q"), epochs=2, sample_weight="quality", **SMALL)
     with pytest.raises(ValueError, match="--mode none"):
         train(config, progress=False)
     scored = tmp_path / "scored"
@@ -366,6 +367,24 @@ def test_quality_sample_weights_need_scores(dataset: Path, tmp_path: Path) -> No
     unweighted = train(config.replace(dataset=str(scored), out=str(tmp_path / "u"), sample_weight="none"),
                        progress=False)
     assert [row["train_loss"] for row in unweighted.history] != pytest.approx(losses, rel=1e-6)
+
+
+#: Experiment stage-key digests of the named recipes, recorded before the TrainConfig
+#: defaults became the sheet recipe: cached stages of every recipe stay valid.
+RECIPE_KEY_DIGESTS = {
+    "sheet": "b128f03a00fba9c410730b17585d99a0c958c5ba43030383a7708dfb1731bcf3",
+    "paper": "96dc66848f2c92a2e3536b81341d11c45edb5b7a15d4d01b6a69106caae170b5",
+    "smoke": "6bc210137396409d3398e5c93b2bdacab6498f8787d9f892d557365f949d6262",
+}
+
+
+def test_recipes_keep_their_stage_keys() -> None:
+    from herbid.experiments.planning import digest
+    from herbid.experiments.runner import config_key
+
+    for recipe, expected in RECIPE_KEY_DIGESTS.items():
+        assert digest(config_key(load_config(overrides={"recipe": recipe}))) == expected, recipe
+    assert digest(config_key(TrainConfig())) == RECIPE_KEY_DIGESTS["sheet"]
 
 
 def test_new_config_fields_keep_old_stage_keys() -> None:

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from herbid.cli.main import main
-from herbid.data.folder import IMAGES, load_manifest, save_manifest
+from herbid.data.dataset_folder import IMAGES, load_manifest, save_manifest
 from herbid.data.imaging import store_image
 from herbid.identification.index import add_to_index, build_index
 from herbid.identification.review import REVIEW_COLUMNS, novelty_z, review_dataset, score_names

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from herbid.cli.main import main
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.training.config import DEFAULT_RECIPE, load_config

@@ -12,7 +12,7 @@ import pytest
 import herbid
 from herbid.data import splits as splits_module
 from herbid.data.audit import audit_dataset, audit_frame, dataset_stats
-from herbid.data.folder import SPLITS, load_manifest, manifest_hash, save_manifest
+from herbid.data.dataset_folder import SPLITS, load_manifest, manifest_hash, save_manifest
 from herbid.data.names import normalize_collector
 from herbid.data.phash import near_duplicate_pairs
 from herbid.data.splits import (
@@ -383,7 +383,7 @@ def test_audit_detects_deliberate_leaks() -> None:
 
 
 def test_audit_uses_recorded_mode_and_rejects_unsplit(dataset: Path) -> None:
-    from herbid.data.folder import DatasetError
+    from herbid.data.dataset_folder import DatasetError
 
     with pytest.raises(DatasetError, match="no split"):
         audit_dataset(dataset)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from herbid.data.build import BuildOptions, build_dataset
-from herbid.data.folder import load_manifest, manifest_hash
+from herbid.data.dataset_folder import load_manifest, manifest_hash
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
 from herbid.evaluation.metrics import evaluate_model, topk_correct
@@ -60,7 +60,7 @@ def dataset_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(dataset_a: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("runs") / "a"
-    return train(TrainConfig(dataset=str(dataset_a), out=str(out), epochs=12, **FAST), progress=False)
+    return train(TrainConfig.from_recipe("paper", dataset=str(dataset_a), out=str(out), epochs=12, **FAST), progress=False)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -71,10 +71,10 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_paper_yaml_is_the_paper_recipe() -> None:
-    assert load_config(REPO / "configs" / "recipes" / "paper.yaml", {}) == TrainConfig()
-    paper = TrainConfig()
+    paper = TrainConfig.from_recipe("paper")
+    assert load_config(REPO / "configs" / "recipes" / "paper.yaml", {}) == paper
     assert (paper.batch_size, paper.lr, paper.schedule, paper.hflip) == (16, 0.0075, "poly", True)
-    assert RECIPES["paper"] == {}
+    assert RECIPES["sheet"] == {}  # the TrainConfig defaults are the default recipe
 
 
 def test_config_yaml_round_trip_and_overrides(tmp_path: Path) -> None:
@@ -286,7 +286,7 @@ def test_killed_run_resumes_to_identical_result(dataset_a: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # real loader workers even on a 2-core CPU (where train() would otherwise load in-process)
     monkeypatch.setattr("herbid.training.prepare.loader_workers", lambda requested, device: requested)
-    base = TrainConfig(dataset=str(dataset_a), epochs=3, max_steps_per_epoch=5, **FAST)
+    base = TrainConfig.from_recipe("paper", dataset=str(dataset_a), epochs=3, max_steps_per_epoch=5, **FAST)
     whole = train(base.replace(out=str(tmp_path / "whole")), progress=False)
 
     # killed after epoch 2's checkpoint; resumed with 2 loader workers (order and crops must not care)
@@ -304,7 +304,7 @@ def test_killed_run_resumes_to_identical_result(dataset_a: Path, tmp_path: Path,
 
 
 def test_more_epochs_on_resume_continues_a_constant_schedule(dataset_a: Path, tmp_path: Path) -> None:
-    base = TrainConfig(dataset=str(dataset_a), schedule="constant", max_steps_per_epoch=4, **FAST)
+    base = TrainConfig.from_recipe("paper", dataset=str(dataset_a), schedule="constant", max_steps_per_epoch=4, **FAST)
     whole = train(base.replace(out=str(tmp_path / "whole"), epochs=3), progress=False)
     train(base.replace(out=str(tmp_path / "grown"), epochs=2), progress=False)
     grown = train(base.replace(out=str(tmp_path / "grown"), epochs=3, resume=True), progress=False)
@@ -312,7 +312,7 @@ def test_more_epochs_on_resume_continues_a_constant_schedule(dataset_a: Path, tm
 
 
 def test_val_split_selects_the_bundled_epoch(dataset_a: Path, tmp_path: Path) -> None:
-    result = train(TrainConfig(dataset=str(dataset_a), out=str(tmp_path / "val"), epochs=6, val_fraction=0.3,
+    result = train(TrainConfig.from_recipe("paper", dataset=str(dataset_a), out=str(tmp_path / "val"), epochs=6, val_fraction=0.3,
                                **FAST), progress=False)
     val = [row["val_top1"] for row in result.history]
     assert result.best_epoch == 1 + int(np.argmax(val))  # first best val epoch; test never looked at
@@ -328,7 +328,7 @@ def test_val_split_selects_the_bundled_epoch(dataset_a: Path, tmp_path: Path) ->
 
 
 def test_transfer_keeps_every_layer_but_the_classifier(trained, dataset_b: Path, tmp_path: Path) -> None:
-    result = train(TrainConfig(dataset=str(dataset_b), out=str(tmp_path / "b"), epochs=0,
+    result = train(TrainConfig.from_recipe("paper", dataset=str(dataset_b), out=str(tmp_path / "b"), epochs=0,
                                init=str(trained.run_dir), **FAST), progress=False)
     source, target = _weights(trained.run_dir), _weights(result.run_dir)
     assert target.keys() == source.keys()
@@ -345,10 +345,10 @@ def test_transfer_keeps_every_layer_but_the_classifier(trained, dataset_b: Path,
 
 
 def test_bf16_autocast_on_cpu_and_fp16_refused(dataset_a: Path, tmp_path: Path) -> None:
-    result = train(TrainConfig(dataset=str(dataset_a), out=str(tmp_path / "bf16"), epochs=1, amp="bf16",
+    result = train(TrainConfig.from_recipe("paper", dataset=str(dataset_a), out=str(tmp_path / "bf16"), epochs=1, amp="bf16",
                                max_steps_per_epoch=2, **FAST), progress=False)
     assert math.isfinite(result.history[0]["train_loss"]) and result.final["n"] > 0
     with pytest.raises(ValueError, match="amp=fp16 is not supported on cpu"):
-        train(TrainConfig(dataset=str(dataset_a), out=str(tmp_path / "fp16"), epochs=1, amp="fp16", **FAST),
+        train(TrainConfig.from_recipe("paper", dataset=str(dataset_a), out=str(tmp_path / "fp16"), epochs=1, amp="fp16", **FAST),
               progress=False)
     assert not (tmp_path / "fp16").exists()

@@ -62,7 +62,7 @@ def web_assets(tmp_path_factory: pytest.TempPathFactory) -> WebAssets:
         dataset = root / "dataset"
         build_dataset([source], dataset, BuildOptions(workers=1, progress=False))
         split_dataset(dataset, by="collector", test_fraction=0.3, seed=0)
-        run = train(TrainConfig(dataset=str(dataset), out=str(root / "run"), arch="small_cnn", epochs=1,
+        run = train(TrainConfig.from_recipe("paper", dataset=str(dataset), out=str(root / "run"), arch="small_cnn", epochs=1,
                                 batch_size=4, lr=0.02, workers=0, device="cpu"), progress=False)
         index = build_index(run.bundle_dir, dataset, root / "index", device="cpu", progress=False)
         sheets = sorted((source.parent / "images").glob("*.jpg"))

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 import herbid
-from herbid.data.folder import atomic_path
+from herbid.data.dataset_folder import atomic_path
 from herbid.errors import InvalidOption, UserError
 from herbid.inference.bundle import Bundle, as_bundle
 from herbid.inference.forward import SheetClassifier

@@ -261,7 +261,7 @@ def review_command(args: argparse.Namespace) -> int:
     else:
         text = "".join(_review_line(record) for record in review_records(table))
     if args.out is not None:
-        from herbid.data.folder import atomic_path
+        from herbid.data.dataset_folder import atomic_path
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(text, encoding="utf-8")

@@ -166,7 +166,7 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
 @command("dataset clean")
 def dataset_clean(args: argparse.Namespace) -> int:
     """A cleaned copy of a dataset (clutter masked or cropped away) with quality columns."""
-    from herbid.preprocessing.dataset import clean_dataset
+    from herbid.cleaning.dataset import clean_dataset
 
     result = clean_dataset(args.dataset, args.out, mode=args.mode, segmenter=args.segmenter, aspect=args.aspect,
                            workers=args.workers, progress=not args.json)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from herbid.data.folder import SPLITS, DatasetError, load_manifest, read_json
+from herbid.data.dataset_folder import SPLITS, DatasetError, load_manifest, read_json
 from herbid.data.names import normalize_collector
 from herbid.data.phash import (
     NEAR_DUPLICATE_BITS,

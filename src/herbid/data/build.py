@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 import herbid
-from herbid.data.folder import REPORT, manifest_hash, save_manifest, write_json
+from herbid.data.dataset_folder import REPORT, manifest_hash, save_manifest, write_json
 from herbid.data.imaging import (
     DEFAULT_MAX_PIXELS,
     ImageRejected,

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from herbid import __version__
-from herbid.data.folder import atomic_path
+from herbid.data.dataset_folder import atomic_path
 from herbid.data.http_outcomes import FetchError, _classify_transport_error, _GiveUp, _Retry, error_text
 from herbid.data.image_files import completed_downloads, existing_download, guess_extension, image_filename_stem
 from herbid.data.redirects import MAX_REDIRECTS as MAX_REDIRECTS

@@ -27,7 +27,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from herbid.data.folder import IMAGES, LARGE_WIDTH, TRAIN_SIZE, atomic_path
+from herbid.data.dataset_folder import IMAGES, LARGE_WIDTH, TRAIN_SIZE, atomic_path
 from herbid.data.phash import PHASH_SIZE
 from herbid.data.safe_files import (
     DEFAULT_MAX_FILE_BYTES,

@@ -33,7 +33,7 @@ import pandas as pd
 
 import herbid
 from herbid.data.columns import text_column
-from herbid.data.folder import (
+from herbid.data.dataset_folder import (
     SPLITS,
     load_manifest,
     manifest_hash,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.errors import InvalidOption
 from herbid.evaluation.metrics import topk_correct
 from herbid.inference.device import resolve_device

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import text_column
 from herbid.errors import InvalidOption
 from herbid.evaluation.metrics import topk_hits

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from herbid.data.folder import (
+from herbid.data.dataset_folder import (
     IMAGES,
     MANIFEST,
     load_manifest,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herbid.data.folder import atomic_path, write_json
+from herbid.data.dataset_folder import atomic_path, write_json
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"

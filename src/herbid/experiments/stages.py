@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from herbid.data.folder import read_json, write_json
+from herbid.data.dataset_folder import read_json, write_json
 from herbid.experiments.datasets import PreparedDataset
 from herbid.experiments.planning import (
     FoldPlan,

@@ -36,7 +36,7 @@ from typing import IO, Any, TypeVar
 
 import torch
 
-from herbid.data.folder import atomic_path
+from herbid.data.dataset_folder import atomic_path
 from herbid.data.safe_files import DEFAULT_MAX_FILE_BYTES, read_regular_file
 from herbid.errors import InvalidOption, MissingInput, UserError
 from herbid.identification.predict import Identification, Identifier

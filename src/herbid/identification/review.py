@@ -67,7 +67,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from herbid.data.folder import json_ready
+from herbid.data.dataset_folder import json_ready
 from herbid.data.splits import text_column
 from herbid.identification.index import (
     Encoded,

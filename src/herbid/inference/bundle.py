@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from herbid.data.folder import atomic_path, write_json
+from herbid.data.dataset_folder import atomic_path, write_json
 from herbid.models.base import HerbidModel, Preprocessing
 from herbid.models.bundle_files import (
     BUNDLE_FORMAT,

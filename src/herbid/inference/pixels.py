@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from herbid.data.folder import TRAIN_SIZE
+from herbid.data.dataset_folder import TRAIN_SIZE
 from herbid.data.imaging import (
     DEFAULT_MAX_PIXELS,
     decode_rgb,

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from herbid.data.folder import TRAIN_SIZE
+from herbid.data.dataset_folder import TRAIN_SIZE
 from herbid.data.splits import text_column
 from herbid.errors import InvalidOption
 from herbid.inference.pixels import load_image

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from herbid.data.folder import atomic_path
+from herbid.data.dataset_folder import atomic_path
 from herbid.errors import InvalidOption
 
 CHECKPOINT = "checkpoint.pt"

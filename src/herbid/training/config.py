@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from herbid.data.folder import atomic_path
+from herbid.data.dataset_folder import atomic_path
 from herbid.errors import UserError
 
 CONFIG_YAML = "config.yaml"
@@ -31,7 +31,9 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (defaults = the paper's recipe).
+    """Everything that defines a training run; the defaults are herbid's default recipe
+    (``sheet``), so ``TrainConfig()``, :func:`load_config` and the CLI train the same thing.
+    Other recipes are named sets of changes: ``TrainConfig.from_recipe("paper")``.
 
     ``batch_size`` is per process: under ``torchrun`` the global batch is
     ``batch_size × world_size`` (scale ``lr`` yourself if you change the global batch).
@@ -42,27 +44,27 @@ class TrainConfig:
     arch: str = "efficientnet_lite0"
     #: "random", "imagenet", or the path of a weights file, bundle or run folder; a path is
     #: a *transfer*: every tensor but the classifier is loaded, the classifier is new.
-    init: str = "random"
-    recipe: str = "paper"
-    epochs: int = 30
+    init: str = "imagenet"
+    recipe: str = "sheet"
+    epochs: int = 15
     batch_size: int = 16
-    lr: float = 0.0075
+    lr: float = 0.003
     momentum: float = 0.9
-    weight_decay: float = 2e-4
+    weight_decay: float = 1e-4
     #: Learning-rate schedule per iteration (see herbid.training.schedules.SCHEDULES).
-    schedule: str = "poly"
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
     #: None = the model's own preprocessing (e.g. 224 crops from the 256×256 images).
-    input_size: int | None = None
-    resize_size: int | None = None
+    input_size: int | None = 416
+    resize_size: int | None = 448
     #: Height / width of the resized sheet and its crops: 1.0 squeezes the sheet to a square
     #: as the paper does; ~1.4 keeps the shape of a portrait herbarium sheet (sizes above
     #: are then widths; landscape images are turned upright first).
     aspect: float = 1.0
     hflip: bool = True
     #: Also mirror top/bottom (with hflip: the four flips of the sheet, incl. 180° turns).
-    vflip: bool = False
+    vflip: bool = True
     #: Also turn crops by 90° (with both flips: all eight symmetries of the square).
     rot90: bool = False
     #: > 0: scanner-like brightness / contrast / channel-gain changes of up to ± this.
@@ -71,15 +73,15 @@ class TrainConfig:
     #: input_size (zooming in), instead of fixed input_size crops.
     min_crop_area: float = 0.0
     #: "none", or "quality": weight each training sheet's loss by the manifest's
-    #: ``quality`` column (written by ``herbid dataset clean``; see herbid.preprocessing.quality).
+    #: ``quality`` column (written by ``herbid dataset clean``; see herbid.cleaning.quality).
     sample_weight: str = "none"
     #: Test-time augmentation, stored in the bundle (see herbid.models.tta.TTA_VIEWS).
-    tta: str = "none"
+    tta: str = "flip"
     #: "random": a new classifier as in the paper. "linear-probe": first fit logistic
     #: regression on the frozen features of the training images and start from it
     #: (LP-FT, Kumar et al. 2022), so fine-tuning does not wreck the features early on.
     #: "bn-linear-probe": the same after re-estimating BatchNorm statistics on those images.
-    head_init: str = "random"
+    head_init: str = "linear-probe"
     #: > 0: add this weight × the cross-entropy of the genus and family implied by the
     #: species probabilities (ranks known for every species and not all equal).
     taxonomy_loss: float = 0.0
@@ -111,30 +113,40 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         return apply_overrides(self, changes)
 
+    @classmethod
+    def from_recipe(cls, name: str, **changes: Any) -> "TrainConfig":
+        """The recipe ``name``'s config with ``changes`` on top (``"sheet"`` = ``TrainConfig()``)."""
+        return apply_overrides(cls(), {**recipe_overrides(name), **changes, "recipe": name})
+
     @property
     def run_dir(self) -> Path:
         return Path(self.out)
 
 
-#: Named recipes: overrides applied on top of the dataclass defaults.
+#: Named recipes: changes applied on top of the dataclass defaults (the ``sheet`` recipe).
 RECIPES: dict[str, dict[str, Any]] = {
-    # Carranza-Rojas et al. 2017: Caffe GoogLeNet solver, SGD, batch 16, lr 0.0075, poly
-    # decay, 224×224 random crops of the 256×256 sheets with mirroring. The defaults.
-    "paper": {},
     # herbid's default, the best measured on real sheets (docs/RESULTS.md): ImageNet init,
     # 448 px sheets (from the 1024 px copy) with 416 px crops, all four flips, label
     # smoothing, a linear-probe head to start from, SGD cosine with warm-up, flip TTA.
-    "sheet": {"arch": "efficientnet_lite0", "init": "imagenet", "epochs": 15, "lr": 0.003,
-              "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1,
-              "input_size": 416, "resize_size": 448, "vflip": True, "tta": "flip", "head_init": "linear-probe"},
-    # A quick CPU smoke recipe for the small test CNN.
-    "smoke": {"arch": "small_cnn", "epochs": 3, "lr": 0.05, "schedule": "cosine", "workers": 0},
+    # These are the TrainConfig defaults, so the recipe changes nothing.
+    "sheet": {},
+    # Carranza-Rojas et al. 2017: Caffe GoogLeNet solver, SGD, batch 16, lr 0.0075, poly
+    # decay, 224×224 random crops of the 256×256 sheets with mirroring, random init.
+    "paper": {"init": "random", "epochs": 30, "lr": 0.0075, "weight_decay": 2e-4, "schedule": "poly",
+              "warmup_epochs": 0, "label_smoothing": 0.0, "input_size": None, "resize_size": None, "vflip": False,
+              "tta": "none", "head_init": "random"},
 }
+# A quick CPU smoke recipe for the small test CNN: the paper's recipe, shorter and smaller.
+RECIPES["smoke"] = {**RECIPES["paper"], "arch": "small_cnn", "epochs": 3, "lr": 0.05, "schedule": "cosine",
+                    "workers": 0}
 
 
 #: The recipe ``load_config`` (so ``herbid train`` and ``herbid experiment``) uses when none is
-#: named. A bare ``TrainConfig()`` keeps the paper's values.
+#: named: the TrainConfig defaults.
 DEFAULT_RECIPE = "sheet"
+#: The recipe of configs saved before the defaults became ``sheet``: a saved config lacking
+#: a field meant the paper's value for it (see :func:`config_from_dict`).
+LEGACY_DEFAULTS_RECIPE = "paper"
 
 
 def recipe_overrides(name: str) -> dict[str, Any]:
@@ -255,8 +267,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     from_file = read_yaml(path) if path is not None else {}
     overrides = dict(overrides or {})
     recipe = overrides.get("recipe", from_file.get("recipe", DEFAULT_RECIPE))
-    merged = {**recipe_overrides(str(recipe)), **from_file, **overrides, "recipe": recipe}
-    return apply_overrides(TrainConfig(), merged)
+    return TrainConfig.from_recipe(str(recipe), **{**from_file, **overrides})
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -282,5 +293,11 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Rebuild a saved config (from a checkpoint or ``config.yaml``) without a recipe pass."""
-    return apply_overrides(TrainConfig(), data)
+    """Rebuild a saved config (from a checkpoint or ``config.yaml``) without a recipe pass.
+
+    Saved configs hold every field there was when they were written; a field added since
+    takes the value it had then, the paper's (the dataclass defaults were the paper's
+    recipe until the default recipe became them).
+    """
+    legacy = dataclasses.replace(TrainConfig(), **recipe_overrides(LEGACY_DEFAULTS_RECIPE))
+    return apply_overrides(legacy, data)

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from herbid.data.folder import atomic_path
+from herbid.data.dataset_folder import atomic_path
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from herbid.data.folder import manifest_hash, write_json
+from herbid.data.dataset_folder import manifest_hash, write_json
 from herbid.errors import UserError
 from herbid.evaluation.metrics import evaluate_model
 from herbid.inference.bundle import (

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from herbid.data.folder import DatasetError, load_manifest
+from herbid.data.dataset_folder import DatasetError, load_manifest
 from herbid.data.splits import TEST, assign_splits
 from herbid.errors import InvalidOption
 from herbid.inference.forward import forward

@@ -104,7 +104,7 @@ def open_source(location: str | Path, kind: str | None = None, **options: Any) -
     )
 
 
-BUILTIN_SOURCE_MODULES = ("folders", "dwca", "tabular", "portals")
+BUILTIN_SOURCE_MODULES = ("image_folders", "dwca", "tabular", "portals")
 
 
 def _load_builtin_sources() -> None:

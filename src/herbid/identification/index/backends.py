@@ -12,7 +12,7 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from herbid.data.folder import atomic_path
+from herbid.data.dataset_folder import atomic_path
 from herbid.errors import InvalidOption
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 import herbid
-from herbid.data.folder import load_manifest
+from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import text_column
 from herbid.errors import InvalidOption
 from herbid.identification.index.encode import encode_rows

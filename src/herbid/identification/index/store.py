@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from herbid.data.folder import atomic_path, json_ready, read_json, write_json
+from herbid.data.dataset_folder import atomic_path, json_ready, read_json, write_json
 from herbid.data.splits import text_column
 from herbid.errors import InvalidOption, UserError
 from herbid.identification.index.backends import BACKENDS, SearchBackend, _topk, choose_backend

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from herbid.preprocessing.cleaning import SheetSegmentation, get_segmenter
+from herbid.cleaning.sheet import SheetSegmentation, get_segmenter
 
 #: Laplacian variance at which ``blur`` is 0.5 (on the 512-pixel working copy).
 BLUR_SCALE = 50.0

@@ -25,7 +25,9 @@ from typing import Any
 
 import pandas as pd
 
-from herbid.data.folder import (
+from herbid.cleaning.quality import sheet_quality
+from herbid.cleaning.sheet import CleanMode, clean_sheet, get_segmenter
+from herbid.data.dataset_folder import (
     CLEANED_SHA256,
     DatasetError,
     load_manifest,
@@ -35,8 +37,6 @@ from herbid.data.folder import (
 from herbid.data.imaging import encode_jpeg, open_image, resize_copies
 from herbid.errors import InvalidOption
 from herbid.pools import process_pool
-from herbid.preprocessing.cleaning import CleanMode, clean_sheet, get_segmenter
-from herbid.preprocessing.quality import sheet_quality
 from herbid.progress import progress_bar
 
 #: Manifest columns written by the quality pass.
