@@ -273,6 +273,41 @@ def test_folds_report_mean_and_std(tmp_path, datasets_toml, train_calls):
     assert (out / "loss_curves.png").stat().st_size > 0
 
 
+def test_repeats_are_split_seeds_with_matching_training_seeds(tmp_path, datasets_toml, train_calls):
+    out = tmp_path / "out"
+    single = run_experiments(["R.SYNA.SYNA"], datasets_toml, out, base_config=FAST, progress=False)
+    train_calls.clear()
+    results = run_experiments(["R.SYNA.SYNA"], datasets_toml, out, base_config=FAST, repeats=3, progress=False)
+    result = results["R.SYNA.SYNA"]
+    assert [f.repeat for f in result.folds] == [0, 1, 2] and all(f.fold is None for f in result.folds)
+    # repeat 0 is the single split with seed 0: its cached stage is reused, 1 and 2 are trained
+    assert result.folds[0].stage_keys == single["R.SYNA.SYNA"].folds[0].stage_keys
+    assert sorted(c.seed for c in train_calls) == [1, 2]
+    # each repeat trains and tests on its own split: different held-out sheets, one dataset
+    tests = []
+    for config in train_calls:
+        frame = load_manifest(config.dataset)
+        tests.append(frozenset(frame.loc[frame["split"] == "test", "image_id"]))
+    assert len(set(tests)) == 2 and all(len(t) > 0 for t in tests)
+    assert result.top1 == pytest.approx(sum(f.top1 for f in result.folds) / 3)
+    assert result.top1_std == pytest.approx(__import__("statistics").stdev(f.top1 for f in result.folds))
+    assert result.n == sum(int(f.metrics["n"]) for f in result.folds)
+    with open(out / "results.csv", encoding="utf-8") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["Repeats"] == "3" and row["Folds"] == "1"
+    assert "3 seeds" in next(line for line in (out / "results.md").read_text(encoding="utf-8").splitlines()
+                             if line.startswith("| R.SYNA.SYNA"))
+    provenance = json.loads((out / "provenance.json").read_text(encoding="utf-8"))
+    assert provenance["experiments"][0]["split_and_training_seeds"] == [0, 1, 2]
+
+    # the frozen-feature yardstick on the very same splits
+    probe = run_experiments(["R.SYNA.SYNA"], datasets_toml, out, base_config=FAST, repeats=3, method="knn",
+                            progress=False)["R.SYNA.SYNA"]
+    assert [int(f.metrics["n"]) for f in probe.folds] == [int(f.metrics["n"]) for f in result.folds]
+    with pytest.raises(ExperimentError, match="choose one"):
+        run_experiments(["R.SYNA.SYNA"], datasets_toml, out, base_config=FAST, repeats=2, folds=3, progress=False)
+
+
 def test_cross_dataset_needs_known_species(tmp_path, datasets_toml, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("nothing may train when an experiment is invalid")

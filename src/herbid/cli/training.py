@@ -160,6 +160,9 @@ def _add_experiment(top: argparse._SubParsersAction) -> None:
     experiment.add_argument("--datasets", required=True, type=Path, help="datasets.toml mapping aliases to data")
     experiment.add_argument("--out", required=True, type=Path)
     experiment.add_argument("--folds", type=int, default=None, help="group-aware K-fold cross-validation")
+    experiment.add_argument("--repeats", type=int, default=None, metavar="N",
+                            help="N random splits instead (split seeds 0..N-1, training seed = split seed): "
+                                 "mean ± std over held-out sets, for collections too small for --folds")
     experiment.add_argument("--method", default="finetune",
                             help="finetune (the training recipe, default), or a frozen-feature baseline on the "
                                  "same folds: linear-probe (logistic regression) or knn")
@@ -172,7 +175,8 @@ def experiment_command(args: argparse.Namespace) -> int:
     from herbid.experiments.runner import run_experiments
 
     results = run_experiments(args.specs, args.datasets, args.out, base_config=train_overrides(args),
-                              folds=args.folds, progress=not args.no_progress, method=args.method)
+                              folds=args.folds, progress=not args.no_progress, method=args.method,
+                              repeats=args.repeats)
     print((Path(args.out) / "results.md").read_text(encoding="utf-8"))
     return 0 if results is not None else 1
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class StagePlan:
     folds: int | None
     parent: "StagePlan | None"
     directory: Path
+    #: The training seed of a repeated-split experiment (None: the run config's seed).
+    seed: int | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -62,7 +64,9 @@ class StagePlan:
 
     def label(self, names: dict[str, str]) -> str:
         text = describe_chain(self.chain, names, show_random=True)
-        return text if self.fold is None else f"{text} (fold {self.fold + 1}/{self.folds})"
+        if self.fold is not None:
+            return f"{text} (fold {self.fold + 1}/{self.folds})"
+        return text if self.seed is None else f"{text} (split seed {self.seed})"
 
 
 @dataclass
@@ -78,9 +82,13 @@ class StageOutcome:
 
 @dataclass(frozen=True)
 class FoldPlan:
+    """One evaluation of an experiment: a fold, a repeated split (``repeat`` = its split and
+    training seed), or the single split."""
+
     fold: int | None
     final: StagePlan
     test: PreparedDataset
+    repeat: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ class RunContext:
     config_key: dict[str, Any]
     progress: bool
     method: str = FINETUNE
-    prepared: dict[tuple[str, int | None], PreparedDataset] = field(default_factory=dict)
+    prepared: dict[tuple[str, int | None, int | None], PreparedDataset] = field(default_factory=dict)
     outcomes: dict[str, StageOutcome] = field(default_factory=dict)
 
     @property
@@ -110,12 +118,17 @@ class RunContext:
     def names(self) -> dict[str, str]:
         return {alias: entry.name for alias, entry in self.entries.items()}
 
-    def dataset(self, alias: str, folds: int | None) -> PreparedDataset:
-        if (alias, folds) not in self.prepared:
-            say(self.progress, f"preparing dataset {alias}" + (f" with {folds} folds" if folds else ""))
-            self.prepared[(alias, folds)] = prepare_dataset(self.entries[alias], self.cache, folds=folds,
-                                                            progress=self.progress)
-        return self.prepared[(alias, folds)]
+    def dataset(self, alias: str, folds: int | None, split_seed: int | None = None) -> PreparedDataset:
+        """``alias`` prepared with ``folds`` K, or split with ``split_seed`` instead of its own seed."""
+        if (alias, folds, split_seed) not in self.prepared:
+            entry = self.entries[alias]
+            if split_seed is not None:
+                entry = replace(entry, split=replace(entry.split, seed=split_seed))
+            say(self.progress, f"preparing dataset {alias}" + (f" with {folds} folds" if folds else "")
+                + (f" split with seed {split_seed}" if split_seed is not None else ""))
+            self.prepared[(alias, folds, split_seed)] = prepare_dataset(entry, self.cache, folds=folds,
+                                                                        progress=self.progress)
+        return self.prepared[(alias, folds, split_seed)]
 
 
 def say(progress: bool, message: str) -> None:
@@ -144,12 +157,29 @@ def digest(value: Any) -> str:
 # ---------------------------------------------------------------------------- plans
 
 
-def plan_experiment(spec: ExperimentSpec, context: RunContext, folds: int | None) -> ExperimentPlan:
-    """The stages of every fold, with the data prepared and the experiment validated."""
+def plan_experiment(spec: ExperimentSpec, context: RunContext, folds: int | None,
+                    repeats: int | None = None) -> ExperimentPlan:
+    """The stages of every fold (or repeated split), with the data prepared and the
+    experiment validated.
+
+    ``repeats`` N ≥ 1 evaluates on N random splits instead of folds: split seeds 0..N-1,
+    each stage trained with the split's seed as its training seed, so the spread across
+    repeats measures how the result depends on which sheets were held out, not only on
+    the training noise (for collections too small for group-aware folds).
+    """
     missing = [alias for alias in spec.aliases if alias not in context.entries]
     if missing:
         raise ExperimentError(f"experiment {spec.name}: unknown dataset alias {missing[0]!r}; "
                               f"datasets.toml defines {', '.join(sorted(context.entries))}")
+    if repeats is not None and repeats >= 1:
+        if folds is not None and folds >= 2:
+            raise ExperimentError("--repeats and --folds are two protocols: choose one")
+        fold_plans = []
+        for seed in range(repeats):
+            test = context.dataset(spec.test, None, split_seed=seed)
+            fold_plans.append(FoldPlan(None, _plan_chain(spec, context, test, None, None, seed=seed), test, seed))
+        _check_species(spec, fold_plans[0].final.dataset, fold_plans[0].test)
+        return ExperimentPlan(spec, fold_plans)
     k = folds if folds is not None else context.entries[spec.test].folds
     k = k if k and k >= 2 else None
     test = context.dataset(spec.test, k)
@@ -160,12 +190,14 @@ def plan_experiment(spec: ExperimentSpec, context: RunContext, folds: int | None
 
 
 def _plan_chain(spec: ExperimentSpec, context: RunContext, test: PreparedDataset, fold: int | None,
-                folds: int | None) -> StagePlan:
-    """The stages of ``spec`` for one fold, oldest first; returns the last one."""
+                folds: int | None, *, seed: int | None = None) -> StagePlan:
+    """The stages of ``spec`` for one fold (or the repeat with split and training ``seed``),
+    oldest first; returns the last one."""
     parent: StagePlan | None = None
     chain: tuple[str, ...] = (spec.base,)
+    config = context.config_key if seed is None else {**context.config_key, "seed": seed}
     for alias in spec.stages:
-        data = test if alias == spec.test else context.dataset(alias, None)
+        data = test if alias == spec.test else context.dataset(alias, None, split_seed=seed)
         on_test_data = fold is not None and data.data_key() == test.data_key()
         data = test if on_test_data else data
         chain = (*chain, alias)
@@ -173,11 +205,11 @@ def _plan_chain(spec: ExperimentSpec, context: RunContext, test: PreparedDataset
             "parent": parent.key if parent else spec.base,
             "data": data.data_key(),
             "fold": {"k": fold, "of": folds} if on_test_data else None,
-            "config": context.config_key,
+            "config": config,
         })
         parent = StagePlan(key=key, chain=chain, dataset=data, fold=fold if on_test_data else None,
                            folds=folds if on_test_data else None, parent=parent,
-                           directory=context.cache / "stages" / key[:20])
+                           directory=context.cache / "stages" / key[:20], seed=seed)
     assert parent is not None  # a spec always has a training dataset
     return parent
 

@@ -27,7 +27,7 @@ LOSS_CURVES = "loss_curves.png"
 #: The paper's columns, then ours.
 RESULT_COLUMNS: tuple[str, ...] = (
     "Experiment", "Initialization", "Training", "Testing", "Top-1 accuracy", "Top-5 accuracy",
-    "Top-1 std", "Top-5 std", "n", "Folds", "Method",
+    "Top-1 std", "Top-5 std", "n", "Folds", "Method", "Repeats",
 )
 #: results.md folds the std columns into "mean ± std".
 MARKDOWN_COLUMNS: tuple[str, ...] = (
@@ -38,13 +38,16 @@ MARKDOWN_COLUMNS: tuple[str, ...] = (
 
 @dataclass
 class FoldResult:
-    """One evaluation: the final model of one fold (or of the single split) on its test rows."""
+    """One evaluation: the final model of one fold, one repeated split or the single split
+    on its test rows."""
 
     fold: int | None
     metrics: dict[str, Any]
     #: The run folders of the chain's stages, oldest first; the last is the evaluated model.
     run_dirs: list[str]
     stage_keys: list[str]
+    #: The split (and training) seed of a repeated-split experiment.
+    repeat: int | None = None
 
     @property
     def top1(self) -> float:
@@ -92,8 +95,13 @@ class ExperimentResult:
 
     @property
     def n_folds(self) -> int:
-        """1 for a plain train/test split."""
+        """1 for a plain train/test split (and for each repeated split)."""
         return len(self.folds) if self.folds[0].fold is not None else 1
+
+    @property
+    def n_repeats(self) -> int:
+        """How many repeated splits (split seeds 0..N-1) the means are over; 0 without."""
+        return len(self.folds) if self.folds[0].repeat is not None else 0
 
     def row(self) -> dict[str, Any]:
         """The results.csv row (numbers unrounded, missing std empty)."""
@@ -109,6 +117,7 @@ class ExperimentResult:
             "n": self.n,
             "Folds": self.n_folds,
             "Method": self.method,
+            "Repeats": self.n_repeats,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +127,7 @@ class ExperimentResult:
             "genus_top1": _mean_or_none([f.metrics.get("genus_top1") for f in self.folds]),
             "family_top1": _mean_or_none([f.metrics.get("family_top1") for f in self.folds]),
             "unknown_species": sum(int(f.metrics.get("unknown_species", 0)) for f in self.folds),
-            "folds": [{"fold": f.fold, "run_dirs": f.run_dirs, "stage_keys": f.stage_keys,
+            "folds": [{"fold": f.fold, "repeat": f.repeat, "run_dirs": f.run_dirs, "stage_keys": f.stage_keys,
                        **{k: v for k, v in f.metrics.items() if k != "per_species"}} for f in self.folds],
             **self.provenance,
         }
@@ -161,7 +170,7 @@ def markdown_table(results: list[ExperimentResult]) -> str:
     lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "|".join("---" for _ in MARKDOWN_COLUMNS) + "|"]
     for r in results:
         cells = [r.name, r.method, r.initialization, r.training, r.testing, _accuracy(r.top1, r.top1_std),
-                 _accuracy(r.top5, r.top5_std), str(r.n), str(r.n_folds)]
+                 _accuracy(r.top5, r.top5_std), str(r.n), f"{r.n_repeats} seeds" if r.n_repeats else str(r.n_folds)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -172,7 +181,8 @@ def write_results_md(path: Path, results: list[ExperimentResult], environment: d
         "Experiments are named <Initialization>.<Training>.<Testing> as in Carranza-Rojas et al. 2017; "
         "X_I is the paper's subscript I (ImageNet, then X).",
         "With several folds, accuracies are the mean ± sample standard deviation over group-aware folds "
-        "and n counts every fold's test images.",
+        "and n counts every fold's test images; with N seeds (--repeats N), over N random splits (split "
+        "seeds 0..N-1, each trained with its split's seed) and n counts the test images of every split.",
         "Method: finetune = the training recipe; linear-probe / knn = the initialization's frozen features "
         "with logistic regression / k-NN (no fine-tuning), the yardsticks a recipe must beat.",
         f"herbid {environment.get('herbid_version')} ({commit}), {environment.get('created')}; "

@@ -147,7 +147,7 @@ def methods() -> list[str]:
 
 def run_experiments(specs: list[str], datasets_toml: str | Path, out: str | Path, *,
                     base_config: TrainConfig | dict[str, Any] | None = None, folds: int | None = None,
-                    progress: bool = True, method: str = FINETUNE) -> ExperimentResults:
+                    progress: bool = True, method: str = FINETUNE, repeats: int | None = None) -> ExperimentResults:
     """Train (or reuse) and evaluate every experiment; write the results tables.
 
     ``method="linear-probe"`` or ``"knn"`` scores the frozen features of each experiment's
@@ -158,6 +158,8 @@ def run_experiments(specs: list[str], datasets_toml: str | Path, out: str | Path
     overrides for :func:`load_config`); the runner sets its dataset, out, init, fold and
     splits per stage. ``folds``: None uses each test dataset's ``folds`` setting, K >= 2
     forces K-fold cross-validation everywhere, 0 or 1 forces the single train/test split.
+    ``repeats`` N evaluates on N random splits instead (split seeds 0..N-1, each stage
+    trained with its split's seed): the protocol for collections too small for folds.
     Everything is validated and planned before the first stage trains.
     """
     out = Path(out).resolve()
@@ -168,7 +170,9 @@ def run_experiments(specs: list[str], datasets_toml: str | Path, out: str | Path
                        config_key=config_key(config), progress=progress, method=method)
     parsed = parse_specs(list(specs))
     _check_imagenet(parsed, config)
-    plans = [plan_experiment(spec, context, folds) for spec in parsed]
+    if repeats is not None and repeats < 0:
+        raise ExperimentError(f"--repeats must be >= 1 (0: the single split), got {repeats}")
+    plans = [plan_experiment(spec, context, folds, repeats) for spec in parsed]
     results = ExperimentResults(out=out, experiments=[])
     environment = _environment(config, Path(datasets_toml))
     for plan in plans:
@@ -218,7 +222,7 @@ def run_experiment(plan: ExperimentPlan, context: RunContext) -> ExperimentResul
             metrics = run_baseline_fold(fold_plan, context)
             lineage = fold_plan.final.lineage()[:-1]  # the frozen backbone's stages; the last is not trained
         folds.append(FoldResult(fold=fold_plan.fold, metrics=metrics, run_dirs=[str(s.run_dir) for s in lineage],
-                                stage_keys=[s.key for s in lineage]))
+                                stage_keys=[s.key for s in lineage], repeat=fold_plan.repeat))
     names = context.names
     return ExperimentResult(
         name=spec.name,
@@ -245,8 +249,10 @@ def _environment(config: TrainConfig, datasets_toml: Path) -> dict[str, Any]:
 def _experiment_provenance(plan: ExperimentPlan, context: RunContext) -> dict[str, Any]:
     stages = {s.dataset.alias: s.dataset for f in plan.folds for s in f.final.lineage()}
     stages[plan.spec.test] = plan.folds[0].test
+    repeats = [f.repeat for f in plan.folds if f.repeat is not None]
     return {
-        "seed": context.config.seed,
+        "seed": context.config.seed if not repeats else None,
+        "split_and_training_seeds": repeats or None,
         "datasets": {alias: {"name": d.name, "source": str(d.source), "prepared": str(d.path),
                              "manifest_hash": d.manifest_hash, "split": d.split.to_dict(), "folds": d.folds,
                              "images": d.images, "species": len(d.species)}

@@ -84,6 +84,7 @@ def _train_stage(plan: StagePlan, context: RunContext) -> StageOutcome:
     config = context.config.replace(
         dataset=str(plan.dataset.path), out=str(plan.run_dir), init=plan.init, fold=plan.fold, resume=resume,
         init_chain=_init_chain(plan), train_split="train", test_split="test",
+        **({"seed": plan.seed} if plan.seed is not None else {}),
     )
     say(context.progress, f"stage {plan.label(context.names)}: {'resuming' if resume else 'training'} in "
                           f"{plan.directory}")
