@@ -297,7 +297,7 @@ def test_bad_arguments_are_rejected(dataset: Path) -> None:
         split_dataset(dataset, test_fraction=0.5, val_fraction=0.5)
     with pytest.raises(ValueError, match="folds"):
         make_folds(dataset, k=1)
-    assert set(GROUP_MODES) == {"collector", "specimen", "observation", "none"}
+    assert set(GROUP_MODES) == {"collector", "specimen", "observation", "institution", "none"}
 
 
 def test_folds_are_group_aware_and_balanced(dataset: Path) -> None:

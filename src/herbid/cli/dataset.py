@@ -12,7 +12,8 @@ from pathlib import Path
 
 from herbid.cli.common import MiB, command, print_json
 
-SPLIT_MODES = ["collector", "specimen", "observation", "none"]
+#: herbid.data.grouping.GROUP_MODES, named here so that --help needs no pandas (a test keeps them equal).
+SPLIT_MODES = ["collector", "specimen", "observation", "institution", "none"]
 
 
 def add_parsers(top: argparse._SubParsersAction) -> None:
@@ -45,6 +46,10 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--near-duplicate-bits", type=int, default=40, metavar="B",
                        help="perceptual-hash distance counted as a near duplicate (default 40 of 256)")
     build.add_argument("--seed", type=int, default=0, help="seed for --max-per-species sampling")
+    build.add_argument("--institution-pattern", default=None, metavar="REGEX",
+                       help="name each sheet's institution from its file name where the source has none: group "
+                            "'institution' (or group 1) of REGEX, e.g. '^V[0-9]+_(?P<institution>[0-9]+)_' "
+                            "(split --by institution and evaluate's seen/unseen pairs use it)")
     limits = build.add_argument_group("limits on untrusted input (docs/SECURITY.md)")
     limits.add_argument("--max-file-mb", type=float, default=1024, metavar="N",
                         help="largest local image file read (default 1024 MiB)")
@@ -71,6 +76,7 @@ def dataset_build(args: argparse.Namespace) -> int:
         kind=args.kind,
         media_roots=tuple(args.media_root),
         follow_symlinks=args.follow_symlinks,
+        institution_pattern=args.institution_pattern,
         near_duplicate_bits=args.near_duplicate_bits,
         allow_private_hosts=args.allow_private_hosts,
         max_file_bytes=int(args.max_file_mb * MiB),

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -31,6 +32,7 @@ from herbid.data.phash import NEAR_DUPLICATE_BITS, near_duplicates_of_hex
 from herbid.data.records import DWC_TERMS, SourceRecord
 from herbid.data.safe_files import DEFAULT_MAX_FILE_BYTES
 from herbid.data.sources.base import ProblemLog, Source, SourceError, open_source
+from herbid.errors import InvalidOption
 from herbid.pools import process_pool
 from herbid.progress import progress_bar
 
@@ -60,6 +62,10 @@ class BuildOptions:
     media_roots: tuple[Path, ...] = ()
     #: Follow symlinks that lead out of a source folder (refused and reported by default).
     follow_symlinks: bool = False
+    #: A regular expression over each image's file name whose group ``institution`` (or
+    #: group 1) names the sheet's institution, for sources that carry none (folders such as
+    #: viola-dev's ``Vxx_YY_ZZZ.jpg``). A record's own ``institutionCode`` always wins.
+    institution_pattern: str | None = None
     progress: bool = True
 
 
@@ -83,6 +89,8 @@ def build_dataset(sources: Sequence[str | Path | Source], out: str | Path,
     records, source_names = read_sources(sources, problems, kind=options.kind,
                                          **source_options(options))
     counts["records_read"] = len(records)
+    if options.institution_pattern:
+        counts["institutions_from_file_names"] = institutions_from_file_names(records, options.institution_pattern)
     records = normalise_names(records, problems, load_synonyms(options.synonyms) if options.synonyms else {})
     records = fetch_remote(records, out, problems, options)
     counts["records_with_file"] = len(records)
@@ -158,6 +166,27 @@ def read_sources(sources: Iterable[str | Path | Source], problems: ProblemLog, *
 # --- stage 2: names ---------------------------------------------------------------------
 
 UNUSABLE = "unusable_name"  # extra key: why a record's name cannot be a training label
+
+
+def institutions_from_file_names(records: list[SourceRecord], pattern: str) -> int:
+    """Fill ``institutionCode`` from ``pattern`` on the file name where a record has none;
+    returns how many were filled."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise InvalidOption(f"--institution-pattern {pattern!r}: not a regular expression ({exc})") from None
+    if compiled.groups == 0:
+        raise InvalidOption(f"--institution-pattern {pattern!r}: needs a group, e.g. '_(?P<institution>[A-Z]+)_'")
+    group = "institution" if "institution" in compiled.groupindex else 1
+    filled = 0
+    for record in records:
+        if record.institutionCode:
+            continue
+        found = compiled.search(PurePosixPath(record.source_path.replace("\\", "/")).name)
+        if found and found.group(group):
+            record.institutionCode = found.group(group)
+            filled += 1
+    return filled
 
 
 def normalise_names(records: list[SourceRecord], problems: ProblemLog, synonyms: dict[str, str]

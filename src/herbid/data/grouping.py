@@ -99,6 +99,19 @@ def observation_keys(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(keys, index=frame.index, dtype=object)
 
 
+def institution_keys(frame: pd.DataFrame) -> pd.Series:
+    """Species + institution (``institutionCode``), as the collector rule is species +
+    collector: a species' test sheets come from herbaria none of its training sheets came
+    from, so the model must know the plant, not that herbarium's paper, scanner and labels
+    (every test sheet is an unseen (species, institution) pair). Sheets without an
+    institution fall back to their specimen."""
+    specimens = specimen_keys(frame).tolist()
+    species = text_column(frame, "scientificName").tolist()
+    institutions = text_column(frame, "institutionCode").tolist()
+    keys = [f"institution:{sp}|{inst}" if inst else spec for sp, inst, spec in zip(species, institutions, specimens)]
+    return pd.Series(keys, index=frame.index, dtype=object)
+
+
 def image_keys(frame: pd.DataFrame) -> pd.Series:
     """Every image its own group (a plain stratified split, plus duplicate merging)."""
     return pd.Series([f"image:{i}" for i in _image_ids(frame)], index=frame.index, dtype=object)
@@ -123,6 +136,7 @@ GROUP_MODES: dict[str, GroupMode] = {
     "collector": GroupMode(collector_keys, (specimen_keys,), "species + primary collector (H255/H1K)"),
     "specimen": GroupMode(specimen_keys, (), "one physical specimen (CR)"),
     "observation": GroupMode(observation_keys, (specimen_keys,), "one observation (PlantCLEF)"),
+    "institution": GroupMode(institution_keys, (specimen_keys,), "species + institution (herbaria unseen for that species)"),
     "none": GroupMode(image_keys, (), "each image alone"),
 }
 

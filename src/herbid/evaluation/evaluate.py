@@ -11,6 +11,10 @@ wrong at every rank of the species metrics and are included in ``n`` (so a model
 look better by being tested on fewer species), and their number is reported as
 ``unknown_species``. Their genus or family can still be right.
 
+When the manifest names each sheet's institution, the result also carries the
+herbarium-shortcut metrics of :mod:`herbid.evaluation.shortcut` (``seen_pairs``,
+``unseen_pairs``, ``shortcut_share``).
+
 ``knn_fusion=w`` measures k-NN + classifier fusion: the class probabilities become
 ``(1 − w) · softmax(logits / T) + w · kNN votes``, the votes of the 5 training sheets most
 similar in the model's own pooled features (the training rows of the same split or fold).
@@ -32,6 +36,7 @@ from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import text_column
 from herbid.errors import InvalidOption
 from herbid.evaluation.metrics import topk_hits
+from herbid.evaluation.shortcut import institution_metrics
 from herbid.inference.bundle import Bundle, as_bundle
 from herbid.inference.device import resolve_device
 from herbid.inference.forward import forward
@@ -78,9 +83,8 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
     out = forward(bundle.model, loader, torch_device, tta=tta, amp=amp, pooled=knn_fusion > 0)
     logits, targets = out.logits, out.targets
     scaled = logits / bundle.temperature
+    reference = select_rows(manifest, split="train") if fold is None else select_rows(manifest, fold=fold, train=True)
     if knn_fusion > 0:
-        reference = (select_rows(manifest, split="train") if fold is None
-                     else select_rows(manifest, fold=fold, train=True))
         votes = knn_votes(bundle, dataset_dir, reference, out.pooled.numpy(), len(classes), torch_device, batch_size)
         fused = (1 - knn_fusion) * F.pad(scaled.softmax(dim=1), (0, len(unknown))) + knn_fusion * votes
         scaled = logits = torch.log(fused.clamp_min(1e-12))[:, :len(bundle.species)]
@@ -97,6 +101,7 @@ def evaluate_bundle(bundle: str | Path | Bundle, dataset_dir: str | Path, *, spl
         "unknown_species_names": unknown,
         "per_species": per_species(names, logits, targets),
     }
+    result.update(institution_metrics(reference, frame, scaled, targets, bundle.species) or {})
     if per_image:
         probabilities = scaled.softmax(dim=1).tolist()
         result["per_image"] = [{"image_id": image_id, "scientificName": name, "probabilities": row}

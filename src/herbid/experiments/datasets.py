@@ -108,7 +108,8 @@ class PreparedDataset:
 ENTRY_KEYS = ("path", "name", "split", "folds", "build")
 SPLIT_KEYS = tuple(f.name for f in fields(SplitSettings))
 #: BuildOptions fields a toml may set (the rest are machine settings, not data choices).
-BUILD_KEYS = ("min_per_species", "max_per_species", "synonyms", "kind", "near_duplicate_bits", "max_pixels", "seed")
+BUILD_KEYS = ("min_per_species", "max_per_species", "synonyms", "kind", "near_duplicate_bits", "max_pixels", "seed",
+              "institution_pattern")
 
 
 def load_datasets_toml(path: str | Path) -> dict[str, DatasetEntry]:
