@@ -37,8 +37,8 @@ def _accuracies(probabilities: torch.Tensor, targets: torch.Tensor, rows: np.nda
         return {"top1": None, "top5": None, "n": 0}
     chosen = torch.from_numpy(np.flatnonzero(rows))
     logits, truth = probabilities[chosen], targets[chosen]
-    return {"top1": float(topk_hits(logits, truth, 1).float().mean()),
-            "top5": float(topk_hits(logits, truth, 5).float().mean()), "n": n}
+    return {"top1": int(topk_hits(logits, truth, 1).sum()) / n, "top5": int(topk_hits(logits, truth, 5).sum()) / n,
+            "n": n}
 
 
 def institution_metrics(train: pd.DataFrame, test: pd.DataFrame, probabilities: torch.Tensor,
