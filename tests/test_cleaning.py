@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from herbid.cleaning import (
-    SEGMENTERS,
-    ClassicalSegmenter,
-    SheetSegmentation,
-    clean_sheet,
-    get_segmenter,
-    sheet_quality,
-)
+from herbid.cleaning import SEGMENTERS, ClassicalSegmenter, SheetSegmentation, clean_sheet, get_segmenter, sheet_quality
 from herbid.data.synthetic import SheetLayout, SheetStyle, render_sheet
 
 SEEDS = range(8)

@@ -13,7 +13,8 @@ from herbid.data.build import BuildOptions, build_dataset
 from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
-from herbid.evaluation.evaluate import evaluate_bundle, rank_top1, topk_hits
+from herbid.evaluation.evaluate import evaluate_bundle, rank_top1
+from herbid.evaluation.metrics import topk_hit_rows
 from herbid.inference.bundle import load_bundle
 from herbid.training.config import load_config
 from herbid.training.loop import train
@@ -93,10 +94,10 @@ def test_rank_top1_sums_probabilities_per_taxon():
     bundle = SimpleNamespace(species=["A a1", "B b1", "B b2"],
                              taxonomy={"A a1": {"genus": "A"}, "B b1": {"genus": "B"}, "B b2": {"genus": "B"}})
     frame = pd.DataFrame({"scientificName": ["A a1", "B b2"], "genus": [None, "B"]})  # row 0: from the bundle
-    assert topk_hits(logits, torch.tensor([0, 2]), 1).tolist() == [True, True]
+    assert topk_hit_rows(logits, torch.tensor([0, 2]), (1,))[:, 0].tolist() == [True, True]
     assert rank_top1(logits, frame, bundle, "genus") == 0.5
     assert rank_top1(logits, frame, bundle, "family") is None  # no family known
-    assert topk_hits(logits, torch.tensor([5, 1]), 5).tolist() == [False, True]  # k clamped; unknown class
+    assert topk_hit_rows(logits, torch.tensor([5, 1]), (5,))[:, 0].tolist() == [False, True]  # k clamped; unknown class
 
 
 def test_knn_fusion_mixes_in_neighbour_votes(trained):

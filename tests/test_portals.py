@@ -9,13 +9,7 @@ import yaml
 
 from fake_portal import FakePortal, closed_port
 from herbid.data.sources.base import SOURCES, ProblemLog, SourceError
-from herbid.data.sources.portals import (
-    GBIFSource,
-    IDigBioSource,
-    gbif_records,
-    idigbio_record,
-    parse_portal_query,
-)
+from herbid.data.sources.portals import GBIFSource, IDigBioSource, gbif_records, idigbio_record, parse_portal_query
 
 pytestmark = [pytest.mark.usefixtures("loopback_only"), pytest.mark.timeout(30)]
 

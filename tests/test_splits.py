@@ -15,14 +15,7 @@ from herbid.data.audit import audit_dataset, audit_frame, dataset_stats
 from herbid.data.dataset_folder import SPLITS, load_manifest, manifest_hash, save_manifest
 from herbid.data.names import normalize_collector
 from herbid.data.phash import near_duplicate_pairs
-from herbid.data.splits import (
-    GROUP_MODES,
-    assign_folds,
-    assign_splits,
-    build_grouping,
-    make_folds,
-    split_dataset,
-)
+from herbid.data.splits import GROUP_MODES, assign_folds, assign_splits, build_grouping, make_folds, split_dataset
 
 SPECIES = [f"Genus{i // 2} species{i}" for i in range(6)]
 # Each species has four collectors, spelled in ways normalize_collector must unify.

@@ -27,13 +27,7 @@ import pandas as pd
 
 from herbid.cleaning.quality import sheet_quality
 from herbid.cleaning.sheet import CleanMode, clean_sheet, get_segmenter
-from herbid.data.dataset_folder import (
-    CLEANED_SHA256,
-    DatasetError,
-    load_manifest,
-    save_manifest,
-    write_json,
-)
+from herbid.data.dataset_folder import CLEANED_SHA256, DatasetError, load_manifest, save_manifest, write_json
 from herbid.data.imaging import encode_jpeg, open_image, resize_copies
 from herbid.errors import InvalidOption
 from herbid.pools import process_pool

@@ -14,13 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from herbid.cli.common import (
-    CommandError,
-    add_bundle_argument,
-    command,
-    json_text,
-    print_json,
-)
+from herbid.cli.common import CommandError, add_bundle_argument, command, json_text, print_json
 
 IDENTIFY_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
 

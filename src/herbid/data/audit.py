@@ -18,20 +18,8 @@ import pandas as pd
 
 from herbid.data.dataset_folder import SPLITS, DatasetError, load_manifest, read_json
 from herbid.data.names import normalize_collector
-from herbid.data.phash import (
-    NEAR_DUPLICATE_BITS,
-    hamming,
-    hash_words,
-    near_duplicate_pairs,
-)
-from herbid.data.splits import (
-    SPLIT_NAMES,
-    TEST,
-    TRAIN,
-    VAL,
-    group_keys,
-    text_column,
-)
+from herbid.data.phash import NEAR_DUPLICATE_BITS, hamming, hash_words, near_duplicate_pairs
+from herbid.data.splits import SPLIT_NAMES, TEST, TRAIN, VAL, group_keys, text_column
 
 #: Examples of each kind of leak kept in the audit (enough to debug, small enough to read).
 MAX_EXAMPLES = 10

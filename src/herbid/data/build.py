@@ -21,12 +21,7 @@ import pandas as pd
 
 import herbid
 from herbid.data.dataset_folder import REPORT, manifest_hash, save_manifest, write_json
-from herbid.data.imaging import (
-    DEFAULT_MAX_PIXELS,
-    ImageRejected,
-    StoredImage,
-    store_image,
-)
+from herbid.data.imaging import DEFAULT_MAX_PIXELS, ImageRejected, StoredImage, store_image
 from herbid.data.names import load_synonyms, parse_scientific_name
 from herbid.data.phash import NEAR_DUPLICATE_BITS, near_duplicates_of_hex
 from herbid.data.records import DWC_TERMS, SourceRecord

@@ -29,11 +29,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from herbid.data.dataset_folder import IMAGES, LARGE_WIDTH, TRAIN_SIZE, atomic_path
 from herbid.data.phash import PHASH_SIZE
-from herbid.data.safe_files import (
-    DEFAULT_MAX_FILE_BYTES,
-    FileRefused,
-    read_regular_file,
-)
+from herbid.data.safe_files import DEFAULT_MAX_FILE_BYTES, FileRefused, read_regular_file
 
 #: Default cap on decoded pixels; real scans reach ~100 MP, bombs are far beyond.
 DEFAULT_MAX_PIXELS = 250_000_000

@@ -33,14 +33,7 @@ import pandas as pd
 
 import herbid
 from herbid.data.columns import text_column
-from herbid.data.dataset_folder import (
-    SPLITS,
-    load_manifest,
-    manifest_hash,
-    read_json,
-    save_manifest,
-    write_json,
-)
+from herbid.data.dataset_folder import SPLITS, load_manifest, manifest_hash, read_json, save_manifest, write_json
 from herbid.data.grouping import (
     GROUP_MODES,
     OBSERVATION_COLUMNS,

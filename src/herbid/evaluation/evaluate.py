@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import text_column
 from herbid.errors import InvalidOption
-from herbid.evaluation.metrics import topk_hits
+from herbid.evaluation.metrics import topk_correct, topk_hit_rows
 from herbid.evaluation.shortcut import institution_metrics
 from herbid.inference.bundle import Bundle, as_bundle
 from herbid.inference.device import resolve_device
@@ -130,12 +130,8 @@ def species_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, An
     n = int(targets.numel())
     known = targets < logits.shape[1]
     loss = (F.cross_entropy(logits[known], targets[known]).item() if bool(known.any()) else math.nan)
-    return {
-        "top1": int(topk_hits(logits, targets, 1).sum()) / n,
-        "top5": int(topk_hits(logits, targets, 5).sum()) / n,
-        "n": n,
-        "loss": loss,
-    }
+    correct = topk_correct(logits, targets, (1, 5))
+    return {"top1": correct[1] / n, "top5": correct[5] / n, "n": n, "loss": loss}
 
 
 def _true_ranks(frame: pd.DataFrame, bundle: Bundle, rank: str) -> list[str | None]:
@@ -157,7 +153,8 @@ def rank_top1(logits: torch.Tensor, frame: pd.DataFrame, bundle: Bundle, rank: s
 
 def per_species(names: list[str], logits: torch.Tensor, targets: torch.Tensor) -> dict[str, dict[str, Any]]:
     """``{species: {"n", "top1", "top5", "known"}}`` — where the errors are."""
-    hits = {k: topk_hits(logits, targets, k).numpy() for k in (1, 5)}
+    rows_hit = topk_hit_rows(logits, targets, (1, 5)).numpy()
+    hits = {1: rows_hit[:, 0], 5: rows_hit[:, 1]}
     names_array = np.asarray(names, dtype=object)
     known = (targets < logits.shape[1]).numpy()
     out: dict[str, dict[str, Any]] = {}

@@ -22,15 +22,18 @@ from herbid.inference.forward import forward_batches
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def topk_hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """Per row: is the target among the top ``k`` classes (k clamped to the class count)?"""
-    k = max(1, min(k, logits.shape[1]))
-    return logits.topk(k, dim=1).indices.eq(targets.view(-1, 1)).any(dim=1)
+def topk_hit_rows(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """(rows, len(ks)) bool: is each row's target among its top ``k`` classes, for every k
+    (k clamped to the class count), from one ``topk`` for the largest k."""
+    maxk = max(1, min(max(ks), logits.shape[1]))
+    hit = logits.topk(maxk, dim=1).indices.eq(targets.view(-1, 1))
+    cumulative = hit.cumsum(dim=1) > 0  # a hit anywhere in the first j columns
+    return torch.stack([cumulative[:, min(max(k, 1), maxk) - 1] for k in ks], dim=1)
 
 
 def _hits(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
     """Correct counts per k as a tensor (no host sync); k is clamped to the class count."""
-    return torch.stack([topk_hits(logits, targets, k).sum() for k in ks])
+    return topk_hit_rows(logits, targets, ks).sum(dim=0)
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from herbid.data.columns import text_column
-from herbid.evaluation.metrics import topk_hits
+from herbid.evaluation.metrics import topk_correct
 
 #: The manifest column that names where a sheet comes from (Darwin Core).
 INSTITUTION_COLUMN = "institutionCode"
@@ -36,9 +36,8 @@ def _accuracies(probabilities: torch.Tensor, targets: torch.Tensor, rows: np.nda
     if n == 0:
         return {"top1": None, "top5": None, "n": 0}
     chosen = torch.from_numpy(np.flatnonzero(rows))
-    logits, truth = probabilities[chosen], targets[chosen]
-    return {"top1": int(topk_hits(logits, truth, 1).sum()) / n, "top5": int(topk_hits(logits, truth, 5).sum()) / n,
-            "n": n}
+    correct = topk_correct(probabilities[chosen], targets[chosen], (1, 5))
+    return {"top1": correct[1] / n, "top5": correct[5] / n, "n": n}
 
 
 def institution_metrics(train: pd.DataFrame, test: pd.DataFrame, probabilities: torch.Tensor,

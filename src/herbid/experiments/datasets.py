@@ -28,14 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from herbid.data.dataset_folder import (
-    IMAGES,
-    MANIFEST,
-    load_manifest,
-    manifest_hash,
-    save_manifest,
-    write_json,
-)
+from herbid.data.dataset_folder import IMAGES, MANIFEST, load_manifest, manifest_hash, save_manifest, write_json
 from herbid.data.splits import GROUP_MODES, split_dataset, text_column
 from herbid.errors import UserError
 from herbid.experiments.spec import ALIAS_PATTERN, ALIAS_RULE, BASES

@@ -69,12 +69,7 @@ from herbid.experiments.report import (
     write_results_md,
 )
 from herbid.experiments.spec import IMAGENET, ExperimentSpec, describe_chain, parse_specs
-from herbid.experiments.stages import (
-    STAGE_JSON,
-    evaluate_stage,
-    run_baseline_fold,
-    run_stage,
-)
+from herbid.experiments.stages import STAGE_JSON, evaluate_stage, run_baseline_fold, run_stage
 from herbid.training.config import TrainConfig, load_config
 
 __all__ = [

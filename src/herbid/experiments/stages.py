@@ -14,15 +14,7 @@ from typing import Any
 
 from herbid.data.dataset_folder import read_json, write_json
 from herbid.experiments.datasets import PreparedDataset
-from herbid.experiments.planning import (
-    FoldPlan,
-    RunContext,
-    StageOutcome,
-    StagePlan,
-    config_key,
-    digest,
-    say,
-)
+from herbid.experiments.planning import FoldPlan, RunContext, StageOutcome, StagePlan, config_key, digest, say
 from herbid.experiments.spec import BASE_INIT, RANDOM
 from herbid.training.config import TrainConfig
 

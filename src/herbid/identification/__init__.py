@@ -19,12 +19,7 @@ from herbid.identification.batch import (
                                          write_output,
                                          write_records,
 )
-from herbid.identification.predict import (
-                                         Identification,
-                                         Identifier,
-                                         Thresholds,
-                                         suggest,
-)
+from herbid.identification.predict import Identification, Identifier, Thresholds, suggest
 
 __all__ = ["BatchSummary", "FORMATS", "Identification", "Identifier", "JournalError", "Thresholds", "find_images",
            "identify_paths", "suggest", "write_output", "write_records"]

@@ -40,9 +40,7 @@ import torch
 from PIL import Image
 
 import herbid
-from herbid.data.imaging import (
-    DEFAULT_MAX_PIXELS,
-)
+from herbid.data.imaging import DEFAULT_MAX_PIXELS
 from herbid.data.safe_files import read_regular_file
 from herbid.errors import InvalidOption
 from herbid.inference.bundle import Bundle, as_bundle

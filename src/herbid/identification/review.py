@@ -69,14 +69,7 @@ import torch
 
 from herbid.data.dataset_folder import json_ready
 from herbid.data.splits import text_column
-from herbid.identification.index import (
-    Encoded,
-    SpecimenIndex,
-    encode_rows,
-    manifest_rows,
-    open_index,
-    sheet_metadata,
-)
+from herbid.identification.index import Encoded, SpecimenIndex, encode_rows, manifest_rows, open_index, sheet_metadata
 from herbid.inference.bundle import Bundle, as_bundle
 from herbid.inference.device import resolve_device
 

@@ -30,6 +30,7 @@ from herbid.models.bundle_files import (
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_JSON", "RUN_BUNDLE_DIR", "WEIGHTS", "Bundle", "BundleError", "as_bundle",
            "load_bundle", "read_bundle_meta", "resolve_bundle_path", "save_bundle"]
 
+
 @dataclass
 class Bundle:
     model: HerbidModel

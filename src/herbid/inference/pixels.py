@@ -21,13 +21,7 @@ import torch
 from PIL import Image
 
 from herbid.data.dataset_folder import TRAIN_SIZE
-from herbid.data.imaging import (
-    DEFAULT_MAX_PIXELS,
-    decode_rgb,
-    encode_jpeg,
-    open_image,
-    resize_copies,
-)
+from herbid.data.imaging import DEFAULT_MAX_PIXELS, decode_rgb, encode_jpeg, open_image, resize_copies
 from herbid.errors import InvalidOption
 from herbid.models.base import Preprocessing, sheet_shape
 

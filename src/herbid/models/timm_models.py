@@ -18,13 +18,7 @@ import torch
 from torch import nn
 
 from herbid.errors import InvalidOption
-from herbid.models.base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    HerbidModel,
-    InitRecord,
-    Preprocessing,
-)
+from herbid.models.base import IMAGENET_MEAN, IMAGENET_STD, HerbidModel, InitRecord, Preprocessing
 from herbid.models.registry import TIMM_PREFIX, ModelEntry, WeightsUnavailable
 
 

@@ -28,12 +28,7 @@ from PIL import Image
 from torch.utils.data import Sampler
 
 from herbid.errors import InvalidOption
-from herbid.inference.pixels import (
-    Normalization,
-    normalize_chw,
-    resolved_sizes,
-    to_unit_float,
-)
+from herbid.inference.pixels import Normalization, normalize_chw, resolved_sizes, to_unit_float
 from herbid.models.base import Preprocessing, sheet_shape
 
 # -------------------------------------------------------------------- augmentation

@@ -31,12 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from herbid.data.dataset_folder import manifest_hash, write_json
 from herbid.errors import UserError
 from herbid.evaluation.metrics import evaluate_model
-from herbid.inference.bundle import (
-    RUN_BUNDLE_DIR,
-    BundleError,
-    read_bundle_meta,
-    save_bundle,
-)
+from herbid.inference.bundle import RUN_BUNDLE_DIR, BundleError, read_bundle_meta, save_bundle
 from herbid.inference.device import autocast
 from herbid.inference.forward import forward
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
@@ -52,13 +47,7 @@ from herbid.training.checkpoint import (
     save_weights,
     state_from_checkpoint,
 )
-from herbid.training.config import (
-    CONFIG_YAML,
-    TrainConfig,
-    config_from_dict,
-    save_config,
-    validate,
-)
+from herbid.training.config import CONFIG_YAML, TrainConfig, config_from_dict, save_config, validate
 from herbid.training.curves import LOSS_CURVE, plot_curves, write_metrics
 from herbid.training.distributed import DistContext, all_reduce_sum, setup
 from herbid.training.losses import make_criterion

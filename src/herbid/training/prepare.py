@@ -22,12 +22,7 @@ from herbid.data.splits import TEST, assign_splits
 from herbid.errors import InvalidOption
 from herbid.inference.forward import forward
 from herbid.inference.pixels import eval_transform, resolved_sizes
-from herbid.inference.sheets import (
-    ManifestDataset,
-    ShardSampler,
-    select_rows,
-    species_and_taxonomy,
-)
+from herbid.inference.sheets import ManifestDataset, ShardSampler, select_rows, species_and_taxonomy
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
 from herbid.models.registry import create_model
 from herbid.training.config import TrainConfig

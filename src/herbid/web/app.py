@@ -49,12 +49,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import herbid
-from herbid.data.imaging import (
-    DECODE_BYTES_PER_PIXEL,
-    DEFAULT_MAX_PIXELS,
-    ImageRejected,
-    ImageTooLarge,
-)
+from herbid.data.imaging import DECODE_BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS, ImageRejected, ImageTooLarge
 from herbid.errors import InvalidOption
 from herbid.web.uploads import UploadError, read_upload
 

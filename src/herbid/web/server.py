@@ -25,13 +25,7 @@ from typing import Any
 
 from herbid.data.imaging import DEFAULT_MAX_PIXELS
 from herbid.errors import UserError
-from herbid.web.app import (
-    DEFAULT_CONCURRENT_DECODES,
-    DEFAULT_MAX_UPLOAD_PIXELS,
-    MiB,
-    answered_hosts,
-    create_app,
-)
+from herbid.web.app import DEFAULT_CONCURRENT_DECODES, DEFAULT_MAX_UPLOAD_PIXELS, MiB, answered_hosts, create_app
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from herbid.data.records import SourceRecord
-from herbid.data.sources.base import (
-    IMAGE_SUFFIXES,
-    ProblemLog,
-    Source,
-    SourceError,
-    register_source,
-)
+from herbid.data.sources.base import IMAGE_SUFFIXES, ProblemLog, Source, SourceError, register_source
 from herbid.data.sources.dwca_meta import (
     META,
     META_MAX_BYTES,
@@ -46,12 +40,7 @@ from herbid.data.sources.dwca_meta import (
     TableSpec,
     parse_meta,
 )
-from herbid.data.sources.media import (
-    MediaError,
-    MediaRef,
-    looks_like_location,
-    split_media,
-)
+from herbid.data.sources.media import MediaError, MediaRef, looks_like_location, split_media
 from herbid.data.sources.rows import (
     RowRules,
     field_count_problem,
@@ -61,11 +50,7 @@ from herbid.data.sources.rows import (
     term_name,
 )
 from herbid.data.sources.tables import TextTable
-from herbid.data.sources.zipsafe import (
-    open_zip,
-    read_errors_as_source_error,
-    unsafe_member,
-)
+from herbid.data.sources.zipsafe import open_zip, read_errors_as_source_error, unsafe_member
 
 __all__ = [
     "IMAGE_TYPES",

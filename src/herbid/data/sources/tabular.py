@@ -36,18 +36,8 @@ from herbid.data.sources.rows import (
     row_records,
     term_name,
 )
-from herbid.data.sources.tables import (
-    MAX_LINE_BYTES,
-    SAMPLE_BYTES,
-    TextTable,
-    sniff_dialect,
-    split_lines,
-)
-from herbid.data.sources.zipsafe import (
-    is_junk_member,
-    open_zip,
-    read_errors_as_source_error,
-)
+from herbid.data.sources.tables import MAX_LINE_BYTES, SAMPLE_BYTES, TextTable, sniff_dialect, split_lines
+from herbid.data.sources.zipsafe import is_junk_member, open_zip, read_errors_as_source_error
 
 # The source, and (MAX_LINE_BYTES, split_lines, split_media, term_name) names re-exported
 # for callers that import them from here.
