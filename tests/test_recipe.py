@@ -140,7 +140,7 @@ def test_experiment_baseline_methods(dataset: Path, tmp_path: Path, method: str,
         raise AssertionError("a baseline must not fine-tune")
 
     monkeypatch.setattr(loop, "train", never)
-    base = {"arch": "small_cnn", "resize_size": 64, "device": "cpu"}
+    base = {"arch": "small_cnn", "resize_size": 64, "aspect": 1.0, "device": "cpu"}
     out = tmp_path / "out"
     results = run_experiments(["R.SYN.SYN"], _toml(tmp_path, dataset), out, base_config=base, folds=2,
                               method=method, progress=False)
@@ -369,10 +369,13 @@ def test_quality_sample_weights_need_scores(dataset: Path, tmp_path: Path) -> No
     assert [row["train_loss"] for row in unweighted.history] != pytest.approx(losses, rel=1e-6)
 
 
-#: Experiment stage-key digests of the named recipes, recorded before the TrainConfig
-#: defaults became the sheet recipe: cached stages of every recipe stay valid.
+#: Experiment stage-key digests of the named recipes: paper and smoke as recorded before the
+#: TrainConfig defaults became the sheet recipe (their cached stages stay valid); sheet as it
+#: became in issue 13 (640 px, aspect 1.4, probe below 20 sheets per species) and finetune,
+#: the sheet recipe before that (a new key: its probe head is now fitted on every TTA view).
 RECIPE_KEY_DIGESTS = {
-    "sheet": "b128f03a00fba9c410730b17585d99a0c958c5ba43030383a7708dfb1731bcf3",
+    "sheet": "bee3126fcaf81429bf507303c72544ec3dd2cfaf63e2889e7623b26dd35c6dd4",
+    "finetune": "a40f0e7ff3a564005ee3055a010e47f6e09bf4ade1cb3600c48babe6cc76cdef",
     "paper": "96dc66848f2c92a2e3536b81341d11c45edb5b7a15d4d01b6a69106caae170b5",
     "smoke": "6bc210137396409d3398e5c93b2bdacab6498f8787d9f892d557365f949d6262",
 }
@@ -390,7 +393,9 @@ def test_recipes_keep_their_stage_keys() -> None:
 def test_new_config_fields_keep_old_stage_keys() -> None:
     from herbid.experiments.runner import config_key
 
-    base = config_key(TrainConfig())
-    assert not {"rot90", "jitter", "sample_weight", "min_crop_area", "aspect"} & set(base)
+    base = config_key(TrainConfig.from_recipe("paper"))
+    assert not {"rot90", "jitter", "sample_weight", "min_crop_area", "aspect", "trainable_from", "frozen_batchnorm",
+                "l2_sp", "optimizer", "head_lr_scale", "finetune_min_per_species"} & set(base)
+    assert config_key(TrainConfig())["finetune_min_per_species"] == 20
     assert config_key(TrainConfig(rot90=True))["rot90"] is True
     assert config_key(TrainConfig(jitter=0.1))["jitter"] == 0.1

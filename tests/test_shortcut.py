@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +18,7 @@ from herbid.data.dataset_folder import load_manifest
 from herbid.data.grouping import GROUP_MODES
 from herbid.data.splits import split_dataset
 from herbid.data.synthetic import make_synthetic_collection
+from herbid.errors import InvalidOption
 from herbid.evaluation.evaluate import evaluate_bundle
 from herbid.evaluation.shortcut import institution_metrics
 from herbid.training.config import TrainConfig
@@ -101,3 +103,33 @@ def test_institutions_from_file_names(tmp_path: Path) -> None:
     assert report["counts"]["institutions_from_file_names"] == len(files)
     assert main(["dataset", "build", str(source), "--out", str(tmp_path / "bad"), "--workers", "1",
                  "--no-progress", "--institution-pattern", "V(unclosed"]) == 1
+
+
+# ------------------------------------------------------- institution-balanced weights
+
+
+def test_institution_weights_balance_each_species_herbaria() -> None:
+    from herbid.training.data import institution_weights
+
+    frame = pd.DataFrame({"scientificName": ["a", "a", "a", "a", "b", "b"],
+                          "institutionCode": ["X", "X", "X", "Y", "X", "Y"]})
+    weights = institution_weights(frame)
+    assert weights == pytest.approx([4 / 6, 4 / 6, 4 / 6, 2.0, 1.0, 1.0])
+    # every (species, herbarium) pair weighs the same within a species; each species keeps its count
+    assert sum(weights[:3]) == pytest.approx(weights[3]) and sum(weights[:4]) == pytest.approx(4)
+    with pytest.raises(InvalidOption, match="institutionCode"):
+        institution_weights(frame.assign(institutionCode=[None, "X", "X", "Y", "X", "Y"]))
+
+
+def test_weighted_probe_equals_repeated_rows() -> None:
+    from herbid.evaluation.baselines import fit_logistic_regression
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 5)), np.arange(12) % 3
+    weighted = fit_logistic_regression(x, y, 3, sample_weight=np.r_[2.0, np.ones(11)])
+    repeated = fit_logistic_regression(np.r_[x[:1], x], np.r_[y[:1], y], 3)
+    # same loss up to the standardiser (fitted on the rows as given): compare predictions
+    assert np.abs(weighted.predict_proba(x) - repeated.predict_proba(x)).max() < 0.05
+    plain = fit_logistic_regression(x, y, 3)
+    same = fit_logistic_regression(x, y, 3, sample_weight=np.full(12, 3.0))
+    assert np.allclose(plain.predict_proba(x), same.predict_proba(x), atol=1e-6)

@@ -114,8 +114,10 @@ def _standardiser(x: torch.Tensor, std_floor: float = 0.0) -> tuple[torch.Tensor
 
 
 def fit_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, *, l2: float = DEFAULT_L2,
-                            max_iter: int = 200, std_floor: float = 0.0) -> LinearProbe:
-    """Multinomial logistic regression, mean cross-entropy + ``l2/2·‖W‖²`` (bias unpenalised).
+                            max_iter: int = 200, std_floor: float = 0.0,
+                            sample_weight: np.ndarray | None = None) -> LinearProbe:
+    """Multinomial logistic regression, mean cross-entropy + ``l2/2·‖W‖²`` (bias unpenalised);
+    with ``sample_weight``, the weighted mean cross-entropy.
 
     Full-batch LBFGS with a strong-Wolfe line search, in float64: the problem is convex
     and small (a few hundred rows), so a second-order method converges in tens of
@@ -127,6 +129,7 @@ def fit_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, n_classes:
     y = torch.as_tensor(train_y, dtype=torch.long)
     mean, std = _standardiser(x, std_floor)
     z = (x - mean) / std
+    row_weight = None if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float64)
     weight = torch.zeros(n_classes, z.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
@@ -134,7 +137,12 @@ def fit_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, n_classes:
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(z @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        logits = z @ weight.T + bias
+        if row_weight is None:
+            data_loss = F.cross_entropy(logits, y)
+        else:
+            data_loss = (F.cross_entropy(logits, y, reduction="none") * row_weight).sum() / row_weight.sum()
+        loss = data_loss + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 

@@ -140,7 +140,8 @@ def say(progress: bool, message: str) -> None:
 #: Config fields added after stages were cached: left out of the key while at this default,
 #: so a stage trained before the field existed keeps its key (and its cached result).
 KEY_ONLY_WHEN_CHANGED = {"rot90": False, "jitter": 0.0, "sample_weight": "none", "min_crop_area": 0.0,
-                         "aspect": 1.0}
+                         "aspect": 1.0, "trainable_from": "", "frozen_batchnorm": False, "l2_sp": 0.0,
+                         "optimizer": "sgd", "head_lr_scale": 1.0, "finetune_min_per_species": 0}
 
 
 def config_key(config: TrainConfig) -> dict[str, Any]:

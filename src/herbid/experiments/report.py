@@ -183,8 +183,9 @@ def write_results_md(path: Path, results: list[ExperimentResult], environment: d
         "With several folds, accuracies are the mean ± sample standard deviation over group-aware folds "
         "and n counts every fold's test images; with N seeds (--repeats N), over N random splits (split "
         "seeds 0..N-1, each trained with its split's seed) and n counts the test images of every split.",
-        "Method: finetune = the training recipe; linear-probe / knn = the initialization's frozen features "
-        "with logistic regression / k-NN (no fine-tuning), the yardsticks a recipe must beat.",
+        "Method: finetune = the training recipe (the default stops at its linear-probe head below 20 training "
+        "sheets per species: each run's run.json says what it did and why); linear-probe / knn = the "
+        "initialization's frozen features with logistic regression / k-NN, the yardsticks a recipe must beat.",
         f"herbid {environment.get('herbid_version')} ({commit}), {environment.get('created')}; "
         f"seeds, data hashes and run folders in {PROVENANCE_JSON}, loss curves in {LOSS_CURVES}.",
     ]

@@ -22,7 +22,7 @@ from herbid.errors import UserError
 
 CONFIG_YAML = "config.yaml"
 HEAD_INITS = ("random", "linear-probe", "bn-linear-probe")
-SAMPLE_WEIGHTS = ("none", "quality")
+SAMPLE_WEIGHTS = ("none", "quality", "institution")
 
 
 class ConfigError(UserError, ValueError):
@@ -49,6 +49,10 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 16
     lr: float = 0.003
+    #: "sgd" (with ``momentum``) or "adamw" (decoupled ``weight_decay``).
+    optimizer: str = "sgd"
+    #: The classifier's learning rate is ``lr × head_lr_scale``.
+    head_lr_scale: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
     #: Learning-rate schedule per iteration (see herbid.training.schedules.SCHEDULES).
@@ -56,12 +60,12 @@ class TrainConfig:
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
     #: None = the model's own preprocessing (e.g. 224 crops from the 256×256 images).
-    input_size: int | None = 416
-    resize_size: int | None = 448
+    input_size: int | None = 640
+    resize_size: int | None = 640
     #: Height / width of the resized sheet and its crops: 1.0 squeezes the sheet to a square
     #: as the paper does; ~1.4 keeps the shape of a portrait herbarium sheet (sizes above
     #: are then widths; landscape images are turned upright first).
-    aspect: float = 1.0
+    aspect: float = 1.4
     hflip: bool = True
     #: Also mirror top/bottom (with hflip: the four flips of the sheet, incl. 180° turns).
     vflip: bool = True
@@ -72,8 +76,10 @@ class TrainConfig:
     #: > 0: train on random squares covering at least this share of the sheet, resized to
     #: input_size (zooming in), instead of fixed input_size crops.
     min_crop_area: float = 0.0
-    #: "none", or "quality": weight each training sheet's loss by the manifest's
-    #: ``quality`` column (written by ``herbid dataset clean``; see herbid.cleaning.quality).
+    #: "none"; "quality": weight each training sheet's loss by the manifest's ``quality``
+    #: column (written by ``herbid dataset clean``; see herbid.cleaning.quality);
+    #: "institution": balance each species' herbaria (herbid.training.data.institution_weights).
+    #: Applies to the linear-probe head and to fine-tuning.
     sample_weight: str = "none"
     #: Test-time augmentation, stored in the bundle (see herbid.models.tta.TTA_VIEWS).
     tta: str = "flip"
@@ -82,6 +88,17 @@ class TrainConfig:
     #: (LP-FT, Kumar et al. 2022), so fine-tuning does not wreck the features early on.
     #: "bn-linear-probe": the same after re-estimating BatchNorm statistics on those images.
     head_init: str = "linear-probe"
+    #: A probe-headed recipe fine-tunes only when the median species has at least this many
+    #: training sheets; below, the run is the linear probe (herbid.training.choice). 0 = always.
+    finetune_min_per_species: int = 20
+    #: Partial fine-tuning (herbid.training.partial): the name prefix of the first trainable
+    #: parameter, e.g. "model.blocks.5"; every earlier parameter stays frozen. "" = train all.
+    trainable_from: str = ""
+    #: Keep every BatchNorm layer in eval mode while training (ImageNet statistics).
+    frozen_batchnorm: bool = False
+    #: > 0: L2-SP, this strength / 2 × the squared distance of the trainable backbone weights
+    #: from their initial values.
+    l2_sp: float = 0.0
     #: > 0: add this weight × the cross-entropy of the genus and family implied by the
     #: species probabilities (ranks known for every species and not all equal).
     taxonomy_loss: float = 0.0
@@ -125,16 +142,18 @@ class TrainConfig:
 
 #: Named recipes: changes applied on top of the dataclass defaults (the ``sheet`` recipe).
 RECIPES: dict[str, dict[str, Any]] = {
-    # herbid's default, the best measured on real sheets (docs/RESULTS.md): ImageNet init,
-    # 448 px sheets (from the 1024 px copy) with 416 px crops, all four flips, label
-    # smoothing, a linear-probe head to start from, SGD cosine with warm-up, flip TTA.
+    # herbid's default (docs/RESULTS.md, issue 13): ImageNet init, 640 px wide sheets keeping a
+    # portrait sheet's shape (aspect 1.4, from the 1024 px copy), flip TTA, a head fitted as
+    # a linear probe on the frozen features of every view. Collections with fewer than 20
+    # training sheets per species stop there (herbid.training.choice); larger ones fine-tune
+    # from that head: all four flips, label smoothing, SGD cosine with warm-up.
     # These are the TrainConfig defaults, so the recipe changes nothing.
     "sheet": {},
-    # Carranza-Rojas et al. 2017: Caffe GoogLeNet solver, SGD, batch 16, lr 0.0075, poly
-    # decay, 224×224 random crops of the 256×256 sheets with mirroring, random init.
+    # The default until issue 13: always fine-tune, 448 px square sheets with 416 px crops.
+    "finetune": {"input_size": 416, "resize_size": 448, "aspect": 1.0, "finetune_min_per_species": 0},
     "paper": {"init": "random", "epochs": 30, "lr": 0.0075, "weight_decay": 2e-4, "schedule": "poly",
               "warmup_epochs": 0, "label_smoothing": 0.0, "input_size": None, "resize_size": None, "vflip": False,
-              "tta": "none", "head_init": "random"},
+              "tta": "none", "head_init": "random", "aspect": 1.0, "finetune_min_per_species": 0},
 }
 # A quick CPU smoke recipe for the small test CNN: the paper's recipe, shorter and smaller.
 RECIPES["smoke"] = {**RECIPES["paper"], "arch": "small_cnn", "epochs": 3, "lr": 0.05, "schedule": "cosine",
@@ -231,6 +250,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.workers >= 0, "workers must be >= 0"),
         (config.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
         (config.taxonomy_loss >= 0, "taxonomy_loss must be >= 0"),
+        (config.l2_sp >= 0, "l2_sp must be >= 0"),
+        (config.finetune_min_per_species >= 0, "finetune_min_per_species must be >= 0"),
+        (config.head_lr_scale > 0, "head_lr_scale must be > 0"),
+        (config.optimizer in ("sgd", "adamw"), "optimizer must be sgd or adamw"),
         (config.schedule in SCHEDULES, f"schedule must be one of {sorted(SCHEDULES)}"),
         (config.amp in AMP_MODES, f"amp must be one of {sorted(AMP_MODES)}"),
         (config.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}"),

@@ -175,6 +175,27 @@ class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
 # --------------------------------------------------------------------- selection
 
 
+def institution_weights(frame: pd.DataFrame) -> list[float]:
+    """Per-row weights that give every institution of a species the same total weight, the
+    species keeping its own (``n_s / (k_s · n_{s,i})`` for a sheet of species s from
+    institution i, k_s institutions): when most of a species' sheets come from one herbarium,
+    its paper and scanner stop being the cheapest cue to the name."""
+    column = "institutionCode"
+    if column not in frame.columns or frame[column].isna().any():
+        raise InvalidOption("sample_weight=institution needs an institutionCode for every training sheet; build "
+                            "with Darwin Core sources that have one, or --institution-pattern for image folders")
+    species = frame["scientificName"].astype(str)
+    pair_count = frame.groupby([species, frame[column]])[column].transform("size")
+    per_species = species.map(species.value_counts())
+    institutions = species.map(frame.groupby(species)[column].nunique())
+    return (per_species / (institutions * pair_count)).astype(float).tolist()
+
+
+#: ``sample_weight`` → per-row weights of the training rows (None: unweighted).
+def sample_weights(kind: str, frame: pd.DataFrame) -> list[float] | None:
+    return {"none": lambda f: None, "quality": quality_weights, "institution": institution_weights}[kind](frame)
+
+
 def quality_weights(frame: pd.DataFrame) -> list[float]:
     """Per-row sample weights from the manifest's ``quality`` column (``herbid dataset clean``)."""
     if "quality" not in frame.columns:

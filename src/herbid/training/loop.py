@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from herbid.inference.forward import forward
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
 from herbid.provenance import provenance
 from herbid.training.calibration import fit_temperature
+from herbid.training.choice import adapt_to_collection
 from herbid.training.checkpoint import (
     BEST_WEIGHTS,
     CHECKPOINT,
@@ -51,6 +53,7 @@ from herbid.training.config import CONFIG_YAML, TrainConfig, config_from_dict, s
 from herbid.training.curves import LOSS_CURVE, plot_curves, write_metrics
 from herbid.training.distributed import DistContext, all_reduce_sum, setup
 from herbid.training.losses import make_criterion
+from herbid.training.partial import StartingPointPenalty, freeze_before, train_mode
 from herbid.training.precision import grad_scaler
 from herbid.training.prepare import (
     Loaders,
@@ -120,7 +123,11 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     criterion: nn.Module
+    #: L2-SP toward the initial weights (zero unless ``config.l2_sp`` > 0).
+    anchor: StartingPointPenalty
     run_dir: Path
+    #: What this run does on this collection and why (herbid.training.choice).
+    plan: dict[str, Any] = field(default_factory=dict)
     state: TrainState = field(default_factory=TrainState)
     resumed: bool = False
     last_plot: float = float("-inf")
@@ -150,6 +157,7 @@ def _steps_per_epoch(loaders: Loaders) -> int:
 
 def _assemble(config: TrainConfig, context: DistContext, device: torch.device) -> _Run:
     splits = prepare_splits(config)
+    config, plan = adapt_to_collection(config, splits.train)
     model, init = build_model(config, len(splits.species))
     preprocessing = effective_preprocessing(model, config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -159,6 +167,9 @@ def _assemble(config: TrainConfig, context: DistContext, device: torch.device) -
         adapted = ", BatchNorm statistics re-estimated on them" if probe["batchnorm_recalibrated"] else ""
         init.note = "; ".join(filter(None, [init.note, f"classifier from a linear probe on {probe['images']} "
                                                        f"training images{adapted} (LP-FT)"]))
+    freeze_before(model, config.trainable_from)
+    # θ₀ for L2-SP: the initial weights, taken before any resumed checkpoint is loaded
+    anchor = StartingPointPenalty(model, model.get_classifier(), config.l2_sp)
     net: nn.Module = model
     if context.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -170,7 +181,7 @@ def _assemble(config: TrainConfig, context: DistContext, device: torch.device) -
     criterion = make_criterion(splits.species, splits.taxonomy, label_smoothing=config.label_smoothing,
                                taxonomy_weight=config.taxonomy_loss).to(device)
     return _Run(config, context, device, splits, model, net, init, preprocessing, loaders, optimizer, scheduler,
-                grad_scaler(config.amp, device), criterion, Path(config.out))
+                grad_scaler(config.amp, device), criterion, anchor, Path(config.out), plan)
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
@@ -222,7 +233,7 @@ def _open_run_dir(run: _Run) -> None:
 
 def _train_epoch(run: _Run, epoch: int, progress: TrainProgress, hooks: TrainHooks) -> dict[str, float]:
     """One pass over the training data; metrics are summed on the device, synced once."""
-    run.net.train()
+    train_mode(run.net, frozen_batchnorm=run.config.frozen_batchnorm)
     run.loaders.train_sampler.set_epoch(epoch)
     memory_format = torch.channels_last if run.config.channels_last else torch.contiguous_format
     sums = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss·n, correct, n
@@ -236,8 +247,9 @@ def _train_epoch(run: _Run, epoch: int, progress: TrainProgress, hooks: TrainHoo
         with autocast(run.config.amp, run.device):
             logits = run.net(images)
             loss = run.criterion(logits, targets, sample_weights)
+        penalty = run.anchor()
         run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
+        run.scaler.scale(loss + penalty).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
@@ -369,7 +381,8 @@ def _finish(run: _Run) -> RunResult:
                     provenance=record, metrics=metrics)
         write_json(run.run_dir / RUN_JSON, {"provenance": record, "final": final, "best_epoch": run.state.best_epoch,
                                             "temperature": temperature, "epochs": run.state.epoch,
-                                            "resumed": run.resumed, "history": run.state.history})
+                                            "resumed": run.resumed, "plan": run.plan,
+                                            "history": run.state.history})
     run.context.barrier()
     return RunResult(run.run_dir, bundle_dir, run.state.history, final, run.state.best_epoch, run.resumed, temperature)
 
@@ -392,9 +405,12 @@ def train(config: TrainConfig, *, progress: bool = True, hooks: TrainHooks | Non
     context, device = setup(config.device)
     try:
         run = _assemble(config, context, device)
+        if progress and context.is_main:
+            print(f"herbid train: recipe {run.config.recipe}, {run.plan['stage']}: {run.plan['reason']}",
+                  file=sys.stderr, flush=True)
         _open_run_dir(run)
-        total = _steps_per_epoch(run.loaders) * max(0, config.epochs - run.state.epoch)
-        with TrainProgress(total, config.epochs, enabled=progress and context.is_main) as bar:
+        total = _steps_per_epoch(run.loaders) * max(0, run.config.epochs - run.state.epoch)
+        with TrainProgress(total, run.config.epochs, enabled=progress and context.is_main) as bar:
             _run_epochs(run, bar, hooks)
         return _finish(run)
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +21,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from herbid.data.dataset_folder import DatasetError, load_manifest
 from herbid.data.splits import TEST, assign_splits
 from herbid.errors import InvalidOption
-from herbid.inference.forward import forward
+from herbid.inference.forward import forward, tta_views
 from herbid.inference.pixels import eval_transform, resolved_sizes
 from herbid.inference.sheets import ManifestDataset, ShardSampler, select_rows, species_and_taxonomy
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
 from herbid.models.registry import create_model
+from herbid.models.tta import view_count
 from herbid.training.config import TrainConfig
-from herbid.training.data import SeededBatchSampler, quality_weights, train_transform
+from herbid.training.data import SeededBatchSampler, sample_weights, train_transform
 from herbid.training.distributed import DistContext
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,8 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[HerbidModel, Ini
     return create_model(config.arch, num_classes, init=config.init, skip_classifier=True)
 
 
-#: Floor on the probe's feature std (fraction of the median): folded into the layer,
+#: Floor on the probe's feature std (fraction of the median) when fine-tuning follows
+#: (a probe that is the final model needs none): folded into the layer,
 #: a near-constant feature would otherwise get a weight in the hundreds, harmless on the
 #: eval-mode features the probe saw but explosive under train-mode BatchNorm statistics.
 HEAD_INIT_STD_FLOOR = 0.5
@@ -139,9 +142,14 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
     recalibrated = 0
     if config.head_init == "bn-linear-probe":
         recalibrated = recalibrate_batchnorm(model, loader, device, memory_format)
-    features = forward(model, loader, device, pooled=True).pooled.numpy()
-    probe = fit_logistic_regression(features, np.asarray(dataset.targets), len(splits.species),
-                                    l2=DEFAULT_L2, std_floor=HEAD_INIT_STD_FLOOR)
+    # one row per test-time view of each sheet: the probe sees what evaluation averages over
+    targets = np.asarray(dataset.targets)
+    features = np.concatenate([forward(model, _view(loader, config.tta, view), device, pooled=True).pooled.numpy()
+                               for view in range(view_count(config.tta))])
+    weights = sample_weights(config.sample_weight, splits.train)
+    probe = fit_logistic_regression(features, np.tile(targets, view_count(config.tta)), len(splits.species),
+                                    l2=DEFAULT_L2, std_floor=HEAD_INIT_STD_FLOOR if config.epochs > 0 else 0.0,
+                                    sample_weight=None if weights is None else np.tile(weights, view_count(config.tta)))
     weight = probe.weight / probe.std
     bias = probe.bias - weight @ probe.mean
     with torch.no_grad():
@@ -149,6 +157,12 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
         head.bias.copy_(bias.to(head.bias))
     return {"head_init": config.head_init, "images": len(dataset), "l2": DEFAULT_L2,
             "batchnorm_recalibrated": recalibrated}
+
+
+def _view(loader: DataLoader, tta: str, view: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches as test-time view ``view`` of ``tta`` shows them."""
+    for images, targets, *_ in loader:
+        yield tta_views(images, tta)[view], targets
 
 
 def effective_preprocessing(model: HerbidModel, config: TrainConfig) -> Preprocessing:
@@ -159,21 +173,42 @@ def effective_preprocessing(model: HerbidModel, config: TrainConfig) -> Preproce
                          tta=config.tta, aspect=config.aspect)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights only, none on biases, BatchNorm and PReLU slopes.
+def param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = None,
+                 head: nn.Module | None = None, head_lr: float | None = None) -> list[dict[str, Any]]:
+    """Weight decay on weights only, none on biases, BatchNorm and PReLU slopes; frozen
+    parameters left out. With ``head`` and ``head_lr``, the classifier's parameters form
+    their own groups at ``head_lr`` (a new head learns faster than pretrained features).
 
     Caffe's GoogLeNet definitions set ``decay_mult: 0`` for biases, and decaying PReLU
     slopes pushes them toward ReLU (He et al. 2015 train them without decay).
     """
-    decay, no_decay = [], []
+    head_ids = {id(p) for p in head.parameters()} if head is not None and head_lr is not None else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for parameter in model.parameters():
         if parameter.requires_grad:
-            (decay if parameter.dim() > 1 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((id(parameter) in head_ids, parameter.dim() <= 1), []).append(parameter)
+    out = []
+    # decayed before undecayed, backbone before head: the group order of older checkpoints
+    for (is_head, undecayed), params in sorted(groups.items()):
+        decays = not undecayed
+        group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        if is_head:
+            group["lr"] = head_lr
+        elif lr is not None:
+            group["lr"] = lr
+        out.append(group)
+    return out
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum)
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def make_optimizer(model: HerbidModel, config: TrainConfig) -> torch.optim.Optimizer:
+    head_lr = config.lr * config.head_lr_scale if config.head_lr_scale != 1.0 else None
+    groups = param_groups(model, config.weight_decay, lr=config.lr, head=model.get_classifier(), head_lr=head_lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
 
 
 @dataclass
@@ -224,7 +259,7 @@ def make_loaders(config: TrainConfig, splits: Splits, preprocessing: Preprocessi
     """The training loader (seeded order and augmentation, sharded by DistributedSampler)
     and the evaluation loaders (sharded without padding)."""
     size, resize = preprocessing.input_size, preprocessing.resize_size
-    weights = quality_weights(splits.train) if config.sample_weight == "quality" else None
+    weights = sample_weights(config.sample_weight, splits.train)
     train_set = ManifestDataset(config.dataset, splits.train, splits.species,
                                 train_transform(preprocessing, size, resize, config.hflip, config.vflip,
                                                 config.rot90, config.jitter, config.min_crop_area), weights=weights)
