@@ -108,7 +108,8 @@ def train_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     result = train(config, progress=not args.no_progress)
     summary = {"run": str(result.run_dir), "bundle": str(result.bundle_dir), "best_epoch": result.best_epoch,
-               "resumed": result.resumed, **{f"test_{k}": v for k, v in result.final.items()}}
+               "resumed": result.resumed, **{f"test_{k}": v for k, v in result.final.items()},
+               "plan": f"recipe {config.recipe}, {result.plan.get('stage')}: {result.plan.get('reason')}"}
     if args.json:
         print_json(summary)
     else:

@@ -35,7 +35,9 @@ def adapt_to_collection(config: TrainConfig, train: pd.DataFrame) -> tuple[Train
     record: dict[str, Any] = {"recipe": config.recipe, "median_sheets_per_species": median,
                               "finetune_min_per_species": threshold}
     probe_head = config.head_init != "random"
-    if probe_head and config.epochs > 0 and threshold > 0 and median < threshold:
+    # a probe on the features of a random network learns nothing worth keeping: R.X.X trains
+    pretrained = config.init != "random"
+    if probe_head and pretrained and config.epochs > 0 and threshold > 0 and median < threshold:
         reason = (f"{median:g} training sheets per species (median) < finetune_min_per_species={threshold}: "
                   "the linear probe on frozen features, no fine-tuning (on collections this small fine-tuning "
                   "did not beat it; set finetune_min_per_species=0 to fine-tune anyway)")
@@ -43,8 +45,13 @@ def adapt_to_collection(config: TrainConfig, train: pd.DataFrame) -> tuple[Train
     if config.epochs == 0:
         reason = "epochs=0: the initial model" + (", a linear probe on frozen features" if probe_head else "")
         return config, {**record, "stage": "linear-probe" if probe_head else "initial", "reason": reason}
-    why = (f"{median:g} training sheets per species (median) >= finetune_min_per_species={threshold}"
-           if probe_head and threshold > 0 else f"finetune_min_per_species={threshold}" if probe_head
-           else "head_init=random")
+    if not probe_head:
+        why = "head_init=random"
+    elif not pretrained:
+        why = "init=random (no pretrained features to probe)"
+    elif threshold > 0:
+        why = f"{median:g} training sheets per species (median) >= finetune_min_per_species={threshold}"
+    else:
+        why = f"finetune_min_per_species={threshold}"
     reason = f"{why}: fine-tune for {config.epochs} epochs" + (" from a linear-probe head" if probe_head else "")
     return config, {**record, "stage": "fine-tune", "reason": reason}

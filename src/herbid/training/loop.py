@@ -38,7 +38,6 @@ from herbid.inference.forward import forward
 from herbid.models.base import HerbidModel, InitRecord, Preprocessing
 from herbid.provenance import provenance
 from herbid.training.calibration import fit_temperature
-from herbid.training.choice import adapt_to_collection
 from herbid.training.checkpoint import (
     BEST_WEIGHTS,
     CHECKPOINT,
@@ -49,6 +48,7 @@ from herbid.training.checkpoint import (
     save_weights,
     state_from_checkpoint,
 )
+from herbid.training.choice import adapt_to_collection
 from herbid.training.config import CONFIG_YAML, TrainConfig, config_from_dict, save_config, validate
 from herbid.training.curves import LOSS_CURVE, plot_curves, write_metrics
 from herbid.training.distributed import DistContext, all_reduce_sum, setup
@@ -94,6 +94,8 @@ class RunResult:
     best_epoch: int
     resumed: bool
     temperature: float = 1.0
+    #: What the run did on this collection and why (herbid.training.choice).
+    plan: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -384,7 +386,8 @@ def _finish(run: _Run) -> RunResult:
                                             "resumed": run.resumed, "plan": run.plan,
                                             "history": run.state.history})
     run.context.barrier()
-    return RunResult(run.run_dir, bundle_dir, run.state.history, final, run.state.best_epoch, run.resumed, temperature)
+    return RunResult(run.run_dir, bundle_dir, run.state.history, final, run.state.best_epoch, run.resumed, temperature,
+                     run.plan)
 
 
 # --------------------------------------------------------------------------- train
