@@ -100,6 +100,7 @@ def _add_train(top: argparse._SubParsersAction) -> None:
 
 @command("train")
 def train_command(args: argparse.Namespace) -> int:
+    from herbid.training.choice import describe_plan
     from herbid.training.config import load_config
     from herbid.training.loop import train
 
@@ -109,7 +110,7 @@ def train_command(args: argparse.Namespace) -> int:
     result = train(config, progress=not args.no_progress)
     summary = {"run": str(result.run_dir), "bundle": str(result.bundle_dir), "best_epoch": result.best_epoch,
                "resumed": result.resumed, **{f"test_{k}": v for k, v in result.final.items()},
-               "plan": f"recipe {config.recipe}, {result.plan.get('stage')}: {result.plan.get('reason')}"}
+               "plan": describe_plan(result.plan)}
     if args.json:
         print_json(summary)
     else:

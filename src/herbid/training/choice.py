@@ -55,3 +55,8 @@ def adapt_to_collection(config: TrainConfig, train: pd.DataFrame) -> tuple[Train
         why = f"finetune_min_per_species={threshold}"
     reason = f"{why}: fine-tune for {config.epochs} epochs" + (" from a linear-probe head" if probe_head else "")
     return config, {**record, "stage": "fine-tune", "reason": reason}
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    """The plan in one line, as ``herbid train`` shows it."""
+    return f"recipe {plan['recipe']}, {plan['stage']}: {plan['reason']}"

@@ -23,6 +23,7 @@ from herbid.errors import UserError
 CONFIG_YAML = "config.yaml"
 HEAD_INITS = ("random", "linear-probe", "bn-linear-probe")
 SAMPLE_WEIGHTS = ("none", "quality", "institution")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 class ConfigError(UserError, ValueError):
@@ -253,7 +254,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.l2_sp >= 0, "l2_sp must be >= 0"),
         (config.finetune_min_per_species >= 0, "finetune_min_per_species must be >= 0"),
         (config.head_lr_scale > 0, "head_lr_scale must be > 0"),
-        (config.optimizer in ("sgd", "adamw"), "optimizer must be sgd or adamw"),
+        (config.optimizer in OPTIMIZERS, f"optimizer must be one of {sorted(OPTIMIZERS)}"),
         (config.schedule in SCHEDULES, f"schedule must be one of {sorted(SCHEDULES)}"),
         (config.amp in AMP_MODES, f"amp must be one of {sorted(AMP_MODES)}"),
         (config.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}"),

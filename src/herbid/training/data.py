@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Sampler
 
+from herbid.data.columns import text_column
 from herbid.errors import InvalidOption
 from herbid.inference.pixels import Normalization, normalize_chw, resolved_sizes, to_unit_float
 from herbid.models.base import Preprocessing, sheet_shape
@@ -180,19 +181,19 @@ def institution_weights(frame: pd.DataFrame) -> list[float]:
     species keeping its own (``n_s / (k_s · n_{s,i})`` for a sheet of species s from
     institution i, k_s institutions): when most of a species' sheets come from one herbarium,
     its paper and scanner stop being the cheapest cue to the name."""
-    column = "institutionCode"
-    if column not in frame.columns or frame[column].isna().any():
+    institution = text_column(frame, "institutionCode")
+    if institution.isna().any():
         raise InvalidOption("sample_weight=institution needs an institutionCode for every training sheet; build "
                             "with Darwin Core sources that have one, or --institution-pattern for image folders")
-    species = frame["scientificName"].astype(str)
-    pair_count = frame.groupby([species, frame[column]])[column].transform("size")
+    species = text_column(frame, "scientificName")
+    pair_count = frame.groupby([species, institution])["scientificName"].transform("size")
     per_species = species.map(species.value_counts())
-    institutions = species.map(frame.groupby(species)[column].nunique())
+    institutions = species.map(institution.groupby(species).nunique())
     return (per_species / (institutions * pair_count)).astype(float).tolist()
 
 
-#: ``sample_weight`` → per-row weights of the training rows (None: unweighted).
 def sample_weights(kind: str, frame: pd.DataFrame) -> list[float] | None:
+    """Per-row weights of the training rows for ``TrainConfig.sample_weight`` (None: unweighted)."""
     return {"none": lambda f: None, "quality": quality_weights, "institution": institution_weights}[kind](frame)
 
 

@@ -48,7 +48,7 @@ from herbid.training.checkpoint import (
     save_weights,
     state_from_checkpoint,
 )
-from herbid.training.choice import adapt_to_collection
+from herbid.training.choice import adapt_to_collection, describe_plan
 from herbid.training.config import CONFIG_YAML, TrainConfig, config_from_dict, save_config, validate
 from herbid.training.curves import LOSS_CURVE, plot_curves, write_metrics
 from herbid.training.distributed import DistContext, all_reduce_sum, setup
@@ -409,8 +409,7 @@ def train(config: TrainConfig, *, progress: bool = True, hooks: TrainHooks | Non
     try:
         run = _assemble(config, context, device)
         if progress and context.is_main:
-            print(f"herbid train: recipe {run.config.recipe}, {run.plan['stage']}: {run.plan['reason']}",
-                  file=sys.stderr, flush=True)
+            print(f"herbid train: {describe_plan(run.plan)}", file=sys.stderr, flush=True)
         _open_run_dir(run)
         total = _steps_per_epoch(run.loaders) * max(0, run.config.epochs - run.state.epoch)
         with TrainProgress(total, run.config.epochs, enabled=progress and context.is_main) as bar:

@@ -143,13 +143,13 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
     if config.head_init == "bn-linear-probe":
         recalibrated = recalibrate_batchnorm(model, loader, device, memory_format)
     # one row per test-time view of each sheet: the probe sees what evaluation averages over
-    targets = np.asarray(dataset.targets)
-    features = np.concatenate([forward(model, _view(loader, config.tta, view), device, pooled=True).pooled.numpy()
-                               for view in range(view_count(config.tta))])
+    views = view_count(config.tta)
+    features = _view_major_features(model, loader, config.tta, device)
+    targets = np.tile(np.asarray(dataset.targets), views)
     weights = sample_weights(config.sample_weight, splits.train)
-    probe = fit_logistic_regression(features, np.tile(targets, view_count(config.tta)), len(splits.species),
-                                    l2=DEFAULT_L2, std_floor=HEAD_INIT_STD_FLOOR if config.epochs > 0 else 0.0,
-                                    sample_weight=None if weights is None else np.tile(weights, view_count(config.tta)))
+    probe = fit_logistic_regression(features, targets, len(splits.species), l2=DEFAULT_L2,
+                                    std_floor=HEAD_INIT_STD_FLOOR if config.epochs > 0 else 0.0,
+                                    sample_weight=None if weights is None else np.tile(weights, views))
     weight = probe.weight / probe.std
     bias = probe.bias - weight @ probe.mean
     with torch.no_grad():
@@ -159,10 +159,23 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
             "batchnorm_recalibrated": recalibrated}
 
 
-def _view(loader: DataLoader, tta: str, view: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader's batches as test-time view ``view`` of ``tta`` shows them."""
-    for images, targets, *_ in loader:
-        yield tta_views(images, tta)[view], targets
+def _view_major_features(model: HerbidModel, loader: DataLoader, tta: str, device: torch.device) -> np.ndarray:
+    """Pooled features of every sheet in every test-time view of ``tta``, view-major (all
+    sheets' first view, then all sheets' second, …). Each batch is decoded once and run
+    once per view."""
+    views = view_count(tta)
+
+    def each_view() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, targets, *_ in loader:
+            for view in tta_views(images, tta):
+                yield view, targets
+
+    pooled = forward(model, each_view(), device, pooled=True).pooled.numpy()
+    # the rows arrive batch by batch, each batch once per view: sort them by (view, sheet)
+    n, size = len(loader.dataset), loader.batch_size
+    keys = np.concatenate([view * n + np.arange(start, min(start + size, n))
+                           for start in range(0, n, size) for view in range(views)])
+    return pooled[np.argsort(keys)]
 
 
 def effective_preprocessing(model: HerbidModel, config: TrainConfig) -> Preprocessing:
@@ -198,9 +211,6 @@ def param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = No
             group["lr"] = lr
         out.append(group)
     return out
-
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def make_optimizer(model: HerbidModel, config: TrainConfig) -> torch.optim.Optimizer:
