@@ -11,6 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from herbid.data.near_duplicates import DEFAULT_RECALL, Method, find_pairs, hamming
+
+__all__ = ["NEAR_DUPLICATE_BITS", "PHASH_SIZE", "hamming", "hash_words", "near_duplicate_pairs",
+           "near_duplicates_of_hex"]
+
 #: pHash grid size (16 → 256-bit hashes) and the distance that counts as a near duplicate.
 #: The usual 64-bit pHash is too coarse for herbarium sheets: on the shared CNH thumbnails,
 #: sheets of different species (same paper, label and colour-bar layout) came within 4 bits.
@@ -18,8 +23,6 @@ import numpy as np
 #: and brightened copies stayed within ~40.
 PHASH_SIZE = 16
 NEAR_DUPLICATE_BITS = 40
-#: Pair comparisons per block (bounds memory to some tens of MB).
-_BLOCK_ELEMENTS = 2_000_000
 
 
 def hash_words(hex_hashes: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -48,41 +51,25 @@ def hash_words(hex_hashes: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray
     return values, valid
 
 
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bit distances between broadcastable word arrays (last axis = words)."""
-    return np.bitwise_count(a ^ b).sum(axis=-1, dtype=np.int64)
-
-
-def near_duplicate_pairs(words: np.ndarray, max_bits: int, labels: np.ndarray | None = None
-                         ) -> np.ndarray:
+def near_duplicate_pairs(words: np.ndarray, max_bits: int, labels: np.ndarray | None = None, *,
+                         method: Method = "auto", recall: float = DEFAULT_RECALL, seed: int = 0,
+                         progress: bool = False) -> np.ndarray:
     """Index pairs ``(i, j)``, ``i < j``, whose hashes differ in at most ``max_bits`` bits.
 
-    With ``labels``, only pairs whose labels differ (e.g. in different splits). All pairs
-    are compared blockwise: about a minute for 100k sheets on two cores.
+    With ``labels``, only pairs whose labels differ (e.g. in different splits). Below
+    ``EXACT_BELOW`` hashes all pairs are compared (a minute per 100k); above, bit-sampling
+    LSH finds each pair at distance ``d`` with probability ``1 − (1 − C(B−d, k)/C(B, k))^L``,
+    ``≥ recall`` at ``d = max_bits``, whatever the data, and never reports a pair beyond
+    ``max_bits`` (see :mod:`herbid.data.near_duplicates`). ``method`` forces either path.
     """
-    words = np.asarray(words, dtype=np.uint64)
-    if words.ndim == 1:
-        words = words[:, None]
-    n = len(words)
-    found: list[np.ndarray] = []
-    rows_per_block = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    for start in range(0, n, rows_per_block):
-        stop = min(n, start + rows_per_block)
-        close = hamming(words[start:stop, None, :], words[None, start:, :]) <= max_bits
-        # column c is image start + c, row r is start + r: keep j > i only
-        close &= np.arange(n - start)[None, :] > np.arange(stop - start)[:, None]
-        if labels is not None:
-            close &= labels[start:stop, None] != labels[None, start:]
-        rows, cols = np.nonzero(close)
-        if len(rows):
-            found.append(np.stack([rows + start, cols + start], axis=1))
-    return np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
+    return find_pairs(words, max_bits, labels, method=method, recall=recall, seed=seed, progress=progress)
 
 
-def near_duplicates_of_hex(hex_hashes: Sequence[str | None], max_bits: int = NEAR_DUPLICATE_BITS
-                           ) -> list[tuple[int, int, int]]:
+def near_duplicates_of_hex(hex_hashes: Sequence[str | None], max_bits: int = NEAR_DUPLICATE_BITS, *,
+                           progress: bool = False) -> list[tuple[int, int, int]]:
     """``(i, j, distance)`` for every near-duplicate pair among hex hashes."""
     words, valid = hash_words(hex_hashes)
     rows = np.flatnonzero(valid)
-    pairs = near_duplicate_pairs(words[rows], max_bits)
-    return [(int(rows[i]), int(rows[j]), int(hamming(words[rows[i]], words[rows[j]]))) for i, j in pairs]
+    pairs = near_duplicate_pairs(words[rows], max_bits, progress=progress)
+    a, b = rows[pairs[:, 0]], rows[pairs[:, 1]]
+    return list(zip(a.tolist(), b.tolist(), hamming(words[a], words[b]).tolist()))
