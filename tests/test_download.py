@@ -94,7 +94,8 @@ def test_interrupted_body_leaves_no_file_and_is_fetched_again(fake_portal: FakeP
     got, problems, _ = fetch(fake_portal, ["/img/a.jpg"], tmp_path, retries=0)
     assert got == {}
     assert reasons(problems)[url].startswith("network error")
-    assert list(tmp_path.iterdir()) == []  # neither a final file nor a leftover .part
+    # neither a final file nor a leftover .part; only the failed-URL log
+    assert [p.name for p in tmp_path.iterdir()] == ["failed.jsonl"]
     assert existing_download(tmp_path, url) is None
 
     got, problems, _ = fetch(fake_portal, ["/img/a.jpg"], tmp_path)
@@ -184,14 +185,15 @@ def test_declared_size_over_the_cap_is_refused_unread(fake_portal: FakePortal, t
     assert reasons(problems)[fake_portal.url + "/huge.jpg"] == (
         "too large: Content-Length 1000000000000 > 1000000 bytes")
     assert fake_portal.hits("/huge.jpg") == 1  # not retried
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["failed.jsonl"]
 
 
 def test_streamed_size_over_the_cap_is_refused(fake_portal: FakePortal, tmp_path: Path) -> None:
     got, problems, _ = fetch(fake_portal, ["/stream-big.jpg", "/img/a.jpg"], tmp_path, max_bytes=100_000)
     assert list(got) == [fake_portal.url + "/img/a.jpg"]
     assert reasons(problems)[fake_portal.url + "/stream-big.jpg"] == "too large: more than 100000 bytes"
-    assert [p.name for p in tmp_path.iterdir()] == [got[fake_portal.url + "/img/a.jpg"].name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [got[fake_portal.url + "/img/a.jpg"].name, "failed.jsonl"])
 
 
 @pytest.mark.parametrize(("url", "reason"), [

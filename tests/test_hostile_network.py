@@ -189,7 +189,7 @@ def test_row05_loopback_refused_without_option(hostile: HostileServer, tmp_path:
                               "pass --allow-private-hosts for an in-house server")
     assert hostile.hits["/img.jpg"] == 0  # refused before connecting
     assert sleeps == []
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["failed.jsonl"]  # the refusal is logged, nothing else
 
 
 def test_row05_option_allows_the_loopback_server(hostile: HostileServer, tmp_path: Path) -> None:
@@ -383,7 +383,7 @@ def test_row06_slow_drip_server_hits_hard_deadline(hostile: HostileServer, tmp_p
     assert elapsed < 3.0
     assert hostile.hits["/drip.jpg"] == 1  # a dripping server is not asked again
     assert sleeps == []
-    assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["failed.jsonl"]
 
 
 def test_row06_deadline_holds_for_a_compressed_body_that_decodes_to_nothing(

@@ -6,8 +6,14 @@ dataset build must survive all of them, so :func:`download_images` turns every f
 a :class:`~herbid.data.records.Problem` (stage ``fetch``) and returns only what it got.
 
 The same retry policy (exponential back-off on network errors and 5xx, ``Retry-After`` on
-429, at most one quick retry when a host cannot be reached at all) serves the portal API
-calls through :func:`get_json`, so an offline run fails in seconds rather than minutes.
+429 and 503, at most one quick retry when a host cannot be reached at all) serves the portal
+API calls through :func:`get_json`, so an offline run fails in seconds rather than minutes.
+
+Image downloads are also polite per host (:mod:`herbid.data.politeness`): at most
+``per_host`` requests in flight to one host, and a host that answers ``Retry-After`` is
+paused as a whole while the other hosts go on. What failed for good is logged to
+``failed.jsonl`` in the download folder (:mod:`herbid.data.failed_downloads`).
+:func:`fetch_image` is the per-URL step, for engines other than the thread pool here.
 
 Both follow redirects by hand (at most :data:`MAX_REDIRECTS`) so that every hop passes
 :func:`~herbid.data.url_policy.check_url` before it is connected to: only http(s), and only
@@ -15,8 +21,9 @@ public addresses unless ``allow_private_hosts``. A refused URL is never retried.
 
 What does not depend on the retry policy lives beside this module and is importable from
 here: the redirect follower (:mod:`herbid.data.redirects`), the outcomes an attempt ends
-in (:mod:`herbid.data.http_outcomes`) and the local names of downloaded images
-(:mod:`herbid.data.image_files`).
+in (:mod:`herbid.data.http_outcomes`), the local names of downloaded images
+(:mod:`herbid.data.image_files`), the per-host scheduling and pauses
+(:mod:`herbid.data.politeness`) and the failed-URL log (:mod:`herbid.data.failed_downloads`).
 
 One cohesive module: the retrying fetcher, that is one :class:`RetryPolicy`, the loop
 that applies it, and the two kinds of request it serves (JSON pages and streamed images
@@ -33,31 +40,35 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 
 from herbid import __version__
 from herbid.data.dataset_folder import atomic_path
+from herbid.data.failed_downloads import FailedLog
 from herbid.data.http_outcomes import FetchError, _classify_transport_error, _GiveUp, _Retry, error_text
 from herbid.data.image_files import completed_downloads, existing_download, guess_extension, image_filename_stem
+from herbid.data.politeness import DEFAULT_PER_HOST, HostGate, host_key, map_per_host
 from herbid.data.redirects import MAX_REDIRECTS as MAX_REDIRECTS
 from herbid.data.redirects import _send_checked
 from herbid.data.sources.base import ProblemLog
 from herbid.data.url_policy import URLRefused, check_url_syntax
+from herbid.errors import InvalidOption
 from herbid.progress import progress_bar
 
 __all__ = [
     "FetchError",
+    "FetchOutcome",
     "RetryPolicy",
     "completed_downloads",
     "download_images",
     "existing_download",
+    "fetch_image",
     "get_json",
     "image_filename_stem",
 ]
@@ -83,8 +94,9 @@ class RetryPolicy:
     Network errors, timeouts and 5xx answers are retried ``retries`` times with exponential
     back-off (``base * 2**attempt``, capped at ``cap``). A host that cannot be reached at
     all is retried only ``connect_retries`` times after ``connect_delay`` seconds: offline,
-    every URL fails that way, and waiting longer would only delay the report. A 429 waits
-    for the server's ``Retry-After`` (capped at ``max_wait``) and counts as an attempt.
+    every URL fails that way, and waiting longer would only delay the report. A 429, and a
+    503 that carries ``Retry-After``, waits for the server's ``Retry-After`` (capped at
+    ``max_wait``; a 429 without one backs off) and counts as an attempt.
     """
 
     retries: int = 3
@@ -99,7 +111,7 @@ class RetryPolicy:
         return min(self.base * (2**attempt), self.cap)
 
     def retry_after(self, headers: httpx.Headers, attempt: int) -> float:
-        """Seconds to wait after a 429: the server's ``Retry-After`` if it gave one, capped."""
+        """Seconds to wait after a 429 or 503: the server's ``Retry-After`` if it gave one, capped."""
         wait = parse_retry_after(headers.get("retry-after"))
         if wait is None:
             wait = self.backoff(attempt)
@@ -133,7 +145,11 @@ def _check_status(response: httpx.Response, policy: RetryPolicy, attempt: int) -
         return
     label = f"{status} {response.reason_phrase}".strip()
     if status == 429:
-        raise _Retry(f"rate limited: {label}", wait=policy.retry_after(response.headers, attempt), status=status)
+        raise _Retry(f"rate limited: {label}", wait=policy.retry_after(response.headers, attempt), status=status,
+                     throttle=True)
+    if status == 503 and "retry-after" in response.headers:  # "overloaded, come back then": a throttle too
+        raise _Retry(f"server error: {label}", wait=policy.retry_after(response.headers, attempt), status=status,
+                     throttle=True)
     if status >= 500:
         raise _Retry(f"server error: {label}", status=status)
     raise _GiveUp(f"http error: {label}", status=status)
@@ -249,24 +265,36 @@ def _timeout_seconds(timeout: Any) -> float:
 
 @dataclass
 class _Job:
-    """What every worker of one :func:`download_images` call shares."""
+    """What every worker of one :func:`download_images` call (or one :func:`fetch_image`) shares."""
 
     client: httpx.Client
     dest_dir: Path
-    problems: ProblemLog
     policy: RetryPolicy
     timeout: float
     max_bytes: int
     allow_private_hosts: bool = False
+    #: Per-host pauses asked for with ``Retry-After``; None honours them per request only.
+    gate: HostGate | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Files earlier runs completed, by stem: these URLs are not fetched again.
-    completed: dict[str, Path] = field(default_factory=dict)
     #: Hosts that could not be reached at all, with why: their later URLs fail at once.
     dead_hosts: dict[str, str] = field(default_factory=dict)
 
-    def report(self, url: str, reason: str, detail: str = "") -> None:
-        with self.lock:  # ProblemLog is not meant to be shared between threads
-            self.problems.add("fetch", url, reason, "dropped", detail=detail)
+
+@dataclass(frozen=True)
+class FetchOutcome:
+    """How fetching one URL ended: ``path`` once stored, else why not. Plain data, so it pickles."""
+
+    url: str
+    path: Path | None = None
+    reason: str = ""
+    detail: str = ""
+    status: int | None = None
+    attempts: int = 0
+    unreachable: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.path is not None
 
 
 def _refuse_content_type(content_type: str | None) -> None:
@@ -390,37 +418,78 @@ def _chain_first(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def _download_one(job: _Job, url: str) -> Path | None:
-    """Fetch one URL (or find it fetched already); report why and return None on failure."""
+def _fetch(job: _Job, url: str) -> FetchOutcome:
+    """Fetch one URL with retries, every attempt waiting for its host's pause; never raises."""
     try:
         check_url_syntax(url)
     except URLRefused as refused:
-        job.report(url, refused.reason, refused.detail)
-        return None
-    done = job.completed.get(image_filename_stem(url))
-    if done is not None:
-        return done
-    host = urlsplit(url).netloc.lower()
+        return FetchOutcome(url, reason=refused.reason, detail=refused.detail)
+    host = host_key(url)
     with job.lock:
         dead = job.dead_hosts.get(host)
     if dead is not None:
-        job.report(url, dead, detail="host unreachable earlier in this run; not tried")
-        return None
+        return FetchOutcome(url, reason=dead, detail="host unreachable earlier in this run; not tried",
+                            unreachable=True)
+    own_pause = 0.0  # the end of the pause this URL's last 429/503 set, which the retry loop sleeps through
+
+    def attempt_once(attempt: int) -> Path:
+        nonlocal own_pause
+        if job.gate is not None:
+            job.gate.wait_open(host, job.policy.wait, own_pause)
+        try:
+            return _stream_once(job, url, attempt)
+        except _Retry as failure:
+            if failure.throttle and job.gate is not None:
+                own_pause = job.gate.pause(host, failure.wait or 0.0)
+            raise
+
     attempts = _Attempts(job.policy)
     try:
-        return attempts.run(lambda attempt: _stream_once(job, url, attempt))
+        return FetchOutcome(url, attempts.run(attempt_once), attempts=attempts.count)
     except _Retry as failure:
         if failure.connect:
             with job.lock:
                 job.dead_hosts.setdefault(host, failure.reason)
-        job.report(url, failure.reason, detail=f"{attempts.count} attempts")
+        return FetchOutcome(url, reason=failure.reason, detail=f"{attempts.count} attempts", status=failure.status,
+                            attempts=attempts.count, unreachable=failure.connect)
     except _GiveUp as failure:
-        job.report(url, failure.reason, failure.detail)
+        return FetchOutcome(url, reason=failure.reason, detail=failure.detail, status=failure.status,
+                            attempts=attempts.count)
     except OSError as exc:  # disk full, permissions: still this URL's problem, not the run's
-        job.report(url, f"cannot write: {error_text(exc)}")
+        return FetchOutcome(url, reason=f"cannot write: {error_text(exc)}", attempts=attempts.count)
     except Exception as exc:  # noqa: BLE001 - the contract is to report, never to raise
-        job.report(url, f"failed: {type(exc).__name__}: {error_text(exc)}")
-    return None
+        return FetchOutcome(url, reason=f"failed: {type(exc).__name__}: {error_text(exc)}", attempts=attempts.count)
+
+
+def fetch_image(
+    url: str,
+    dest_dir: Path,
+    *,
+    client: httpx.Client,
+    timeout: float = 30.0,
+    max_bytes: int = 100 * 2**20,
+    retries: int = 3,
+    sleep: Callable[[float], None] | None = None,
+    max_wait: float = 60.0,
+    allow_private_hosts: bool = False,
+    gate: HostGate | None = None,
+) -> FetchOutcome:
+    """Download one URL into ``dest_dir`` exactly as :func:`download_images` does; say how it ended.
+
+    The per-URL step, for engines other than the thread pool of :func:`download_images`
+    (a Ray task per batch of URLs, with its own client). File name, deadline, size cap, URL
+    policy and retries are the same, so runs by different engines resume each other. It
+    neither looks for an earlier download (filter the URLs with :func:`completed_downloads`
+    first: one folder listing for all) nor reports: the caller logs a failed outcome, e.g.
+    to a :class:`~herbid.data.failed_downloads.FailedLog`. Per-host caps are the caller's
+    (group URLs by :func:`~herbid.data.politeness.host_key`, or hold ``gate.slot(host)``);
+    ``gate``'s pauses are honoured. Never raises for a bad URL.
+    """
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    job = _Job(client, dest_dir, RetryPolicy(retries=retries, sleep=sleep, max_wait=max_wait), timeout, max_bytes,
+               allow_private_hosts, gate)
+    return _fetch(job, url)
 
 
 def _make_client(workers: int, timeout: float) -> httpx.Client:
@@ -438,6 +507,7 @@ def download_images(
     problems: ProblemLog,
     *,
     workers: int = 8,
+    per_host: int = DEFAULT_PER_HOST,
     timeout: float = 30.0,
     max_bytes: int = 100 * 2**20,
     retries: int = 3,
@@ -446,39 +516,62 @@ def download_images(
     sleep: Callable[[float], None] | None = None,
     max_wait: float = 60.0,
     allow_private_hosts: bool = False,
+    skip_failed: bool = False,
 ) -> dict[str, Path]:
     """Download ``urls`` into ``dest_dir``; return ``{url: local path}`` for those that worked.
 
     Each file is named ``sha1(url)`` plus an extension taken from its first bytes, content
-    type or URL, and gets that name only once complete, so a rerun after an interruption
-    fetches only what is missing. ``timeout`` is the deadline of each attempt at each file
-    (connecting, every read, redirects and the whole body); ``max_bytes`` bounds each file.
-    At most ``workers`` requests run at once. Only http(s) URLs are fetched, and (unless
-    ``allow_private_hosts``) only from public addresses, checked again at every redirect.
-    Nothing raises for a bad URL: each failure is added to ``problems`` (stage ``fetch``,
-    action ``dropped``). A host that refuses connections twice is not tried again in the
-    same call. ``sleep`` replaces the back-off wait.
+    type or URL, and gets that name only once complete, so a rerun (by any engine that
+    uses :func:`fetch_image`) fetches nothing already stored. ``timeout`` is the deadline
+    of each attempt at each file (connecting, every read, redirects and the whole body);
+    ``max_bytes`` bounds each file. At most ``workers`` requests run at once and at most
+    ``per_host`` to any one ``host:port``; a host that answers 429, or 503 with
+    ``Retry-After``, is paused as a whole while the other hosts go on. Only http(s) URLs
+    are fetched, and (unless ``allow_private_hosts``) only from public addresses, checked
+    again at every redirect. Nothing raises for a bad URL: each failure is added to
+    ``problems`` (stage ``fetch``, action ``dropped``) and to ``dest_dir/failed.jsonl``. A
+    rerun tries the logged URLs again, unless ``skip_failed``: then it reports them from
+    the log without a request. A host that refuses connections twice is not tried again
+    in the same call. ``sleep`` replaces the back-off wait.
     """
+    if per_host < 1:
+        raise InvalidOption(f"--per-host must be at least 1, not {per_host}")
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     unique = list(dict.fromkeys(urls))
     workers = max(1, workers)
+    completed = completed_downloads(dest_dir)
+    fetched: dict[str, Path] = {}
+    failed = FailedLog(dest_dir)
+    todo: list[str] = []
+    for url in unique:
+        done = completed.get(image_filename_stem(url))
+        if done is not None:
+            fetched[url] = done
+        elif skip_failed and url in failed.earlier:
+            problems.add("fetch", url, failed.earlier[url].reason, "dropped",
+                         detail="failed in an earlier run (failed.jsonl); not tried again")
+        else:
+            todo.append(url)
     own_client = client is None
     http = client if client is not None else _make_client(workers, timeout)
-    job = _Job(http, dest_dir, problems, RetryPolicy(retries=retries, sleep=sleep, max_wait=max_wait),
-               timeout, max_bytes, allow_private_hosts, completed=completed_downloads(dest_dir))
-    fetched: dict[str, Path] = {}
+    job = _Job(http, dest_dir, RetryPolicy(retries=retries, sleep=sleep, max_wait=max_wait), timeout, max_bytes,
+               allow_private_hosts, HostGate(per_host))
     try:
         show = progress and sys.stderr.isatty()
-        with progress_bar("downloading", total=len(unique), enabled=show) as advance, \
-                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="herbid-fetch") as pool:
-            futures = {pool.submit(_download_one, job, url): url for url in unique}
-            for future in as_completed(futures):
-                path = future.result()
-                if path is not None:
-                    fetched[futures[future]] = path
+        with progress_bar("downloading", total=len(todo), enabled=show) as advance:
+            # Outcomes arrive in this thread, so ProblemLog (not thread-safe) needs no lock.
+            for url, outcome in map_per_host(partial(_fetch, job), todo, host_key, workers=workers,
+                                             per_host=per_host):
+                if outcome.path is not None:
+                    fetched[url] = outcome.path
+                else:
+                    problems.add("fetch", url, outcome.reason, "dropped", detail=outcome.detail)
+                    failed.add(url, outcome.reason, status=outcome.status, attempts=outcome.attempts,
+                               detail=outcome.detail)
                 advance()
     finally:
         if own_client:
             http.close()
+        failed.close(stored=fetched)
     return {url: fetched[url] for url in unique if url in fetched}

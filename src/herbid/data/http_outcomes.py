@@ -38,15 +38,20 @@ def error_text(exc: BaseException) -> str:
 
 
 class _Retry(Exception):
-    """This attempt failed in a way worth trying again; ``wait`` overrides the back-off."""
+    """This attempt failed in a way worth trying again; ``wait`` overrides the back-off.
+
+    ``throttle``: the server asked the whole host to slow down (429, or 503 with
+    ``Retry-After``), so every request to it should wait, not only this one.
+    """
 
     def __init__(self, reason: str, *, connect: bool = False, wait: float | None = None,
-                 status: int | None = None) -> None:
+                 status: int | None = None, throttle: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.connect = connect
         self.wait = wait
         self.status = status
+        self.throttle = throttle
 
 
 class _GiveUp(Exception):

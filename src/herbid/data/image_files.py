@@ -36,18 +36,23 @@ def completed_downloads(dest_dir: Path) -> dict[str, Path]:
     """The files earlier runs completed in ``dest_dir``, by file stem (the URL's SHA-1).
 
     Only complete files carry their final name (a partial one is a hidden ``.part`` file
-    until it is renamed), so every non-empty visible file counts. One directory listing
-    serves the whole run: globbing once per URL would be quadratic in big folders.
+    until it is renamed), so every non-empty visible file named by a SHA-1 counts (not, say,
+    ``failed.jsonl``). One directory listing serves the whole run: globbing once per URL
+    would be quadratic in big folders.
     """
     done: dict[str, Path] = {}
     if not Path(dest_dir).is_dir():
         return done
     for entry in sorted(Path(dest_dir).iterdir()):
-        if entry.name.startswith(".") or entry.suffix == ".part" or not entry.is_file():
+        if entry.name.startswith(".") or entry.suffix == ".part" or not _is_sha1(entry.stem) or not entry.is_file():
             continue
         if entry.stat().st_size > 0:
             done.setdefault(entry.stem, entry)
     return done
+
+
+def _is_sha1(stem: str) -> bool:
+    return len(stem) == 40 and all(c in "0123456789abcdef" for c in stem)
 
 
 def existing_download(dest_dir: Path, url: str) -> Path | None:
