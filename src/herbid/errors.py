@@ -22,3 +22,7 @@ class InvalidOption(UserError, ValueError):
 
 class MissingInput(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class MissingExtra(UserError, ImportError):
+    """An optional dependency a chosen feature needs is not installed (the message says how to add it)."""

@@ -29,9 +29,8 @@ from herbid.cleaning.quality import sheet_quality
 from herbid.cleaning.sheet import CleanMode, clean_sheet, get_segmenter
 from herbid.data.dataset_folder import CLEANED_SHA256, DatasetError, load_manifest, save_manifest, write_json
 from herbid.data.imaging import encode_jpeg, open_image, resize_copies
+from herbid.engine import open_engine
 from herbid.errors import InvalidOption
-from herbid.pools import process_pool
-from herbid.progress import progress_bar
 
 #: Manifest columns written by the quality pass.
 QUALITY_COLUMNS = ("quality", "blur", "exposure", "plant_fraction")
@@ -86,10 +85,12 @@ def _clean_one(task: tuple[str, str, str, str, str, str, float | None]) -> dict[
 
 def clean_dataset(dataset_dir: str | Path, out: str | Path, *, mode: CleanMode = "mask",
                   segmenter: str = "classical", aspect: float | None = None, workers: int = 1,
-                  progress: bool = True) -> CleanResult:
+                  progress: bool = True, engine: str = "local", address: str | None = None) -> CleanResult:
     """Write the cleaned copy of ``dataset_dir`` to ``out`` (see the module docstring).
 
     ``aspect`` (crop mode): pad every plant crop to this height / width (see ``clean_sheet``).
+    ``engine``/``address``: where the sheets are cleaned (:func:`herbid.engine.open_engine`);
+    on a Ray cluster both folders must be shared storage.
     """
     if mode not in ("mask", "crop", "none"):
         raise InvalidOption(f"clean mode {mode!r}: expected 'mask', 'crop' or 'none'")
@@ -101,17 +102,8 @@ def clean_dataset(dataset_dir: str | Path, out: str | Path, *, mode: CleanMode =
     tasks = [(str(_source_image(dataset_dir, row)), str(dataset_dir / row["image_path"]), str(out),
               str(row["image_id"]), mode, segmenter, aspect)
              for _, row in frame.iterrows()]
-    records: list[dict[str, Any]] = []
-    with progress_bar(f"cleaning ({mode})", len(tasks), enabled=progress) as advance:
-        if workers > 1:
-            with process_pool(workers) as pool:
-                for record in pool.map(_clean_one, tasks, chunksize=4):
-                    records.append(record)
-                    advance()
-        else:
-            for task in tasks:
-                records.append(_clean_one(task))
-                advance()
+    with open_engine(engine, workers=workers, address=address) as running:
+        records = list(running.map(_clean_one, tasks, desc=f"cleaning ({mode})", progress=progress))
     cleaned = frame.copy()
     for column in ("image_path", "large_image_path", *QUALITY_COLUMNS):
         cleaned[column] = [r[column] for r in records]

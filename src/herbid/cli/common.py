@@ -47,3 +47,21 @@ def print_json(data: Any) -> None:
 def add_bundle_argument(parser: argparse.ArgumentParser) -> None:
     """The positional ``bundle`` of the commands that use a trained model."""
     parser.add_argument("bundle", type=Path, help="model bundle or training run folder")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine``/``--address``: where a command's per-sheet work runs (:mod:`herbid.engine`)."""
+    group = parser.add_argument_group("engine (where the work runs)")
+    group.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: this machine's processes (default); ray: a streaming Ray Data pipeline, on a "
+                            "local Ray or a cluster (needs pip install 'herbid[scale]'; on a cluster, inputs and "
+                            "outputs must be on storage every node sees)")
+    group.add_argument("--address", default=None, metavar="ADDR",
+                       help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else start a local Ray)")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``engine``/``address`` keyword arguments from :func:`add_engine_arguments`'s options."""
+    if args.address and args.engine != "ray":
+        raise CommandError("--address needs --engine ray")
+    return {"engine": args.engine, "address": args.address}

@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from herbid.cli.common import CommandError, add_bundle_argument, command, json_text, print_json
+from herbid.cli.common import (
+    CommandError,
+    add_bundle_argument,
+    add_engine_arguments,
+    command,
+    engine_options,
+    json_text,
+    print_json,
+)
 
 IDENTIFY_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
 
@@ -44,19 +52,26 @@ def _add_identify(top: argparse._SubParsersAction) -> None:
     identify.add_argument("--device", default="auto")
     identify.add_argument("--batch-size", type=int, default=32, metavar="N")
     identify.add_argument("--workers", type=int, default=None, metavar="N", help="decoding threads")
+    add_engine_arguments(identify)
     identify.add_argument("--no-progress", action="store_true")
 
 
 @command("identify")
 def identify_command(args: argparse.Namespace) -> int:
     """Identify sheets; prints results (no --out) or writes OUT resumably; summary on stderr."""
+    from herbid.engine import open_engine
     from herbid.identification import Identifier, identify_paths, write_records
 
     fmt = args.format or (IDENTIFY_FORMATS.get(args.out.suffix.lower(), "jsonl") if args.out else "table")
-    identifier = Identifier(args.bundle, device=args.device, batch_size=args.batch_size)
-    summary = identify_paths(identifier, args.inputs, args.out, top_k=args.top_k,
-                             fmt="json" if fmt == "table" else fmt, resume=not args.no_resume,
-                             progress=not args.no_progress, workers=args.workers)
+    engine = engine_options(args)
+    # With Ray the model runs in the actors (on the cluster's GPUs unless --device cpu); here only its metadata.
+    identifier = Identifier(args.bundle, device=args.device if args.engine == "local" else "cpu",
+                            batch_size=args.batch_size)
+    with open_engine(engine["engine"], workers=os.cpu_count() or 1, address=engine["address"],
+                     gpus=args.device != "cpu") as running:
+        summary = identify_paths(identifier, args.inputs, args.out, top_k=args.top_k,
+                                 fmt="json" if fmt == "table" else fmt, resume=not args.no_resume,
+                                 progress=not args.no_progress, workers=args.workers, engine=running)
     if summary.total == 0:
         raise CommandError(f"no images found in {' '.join(map(str, args.inputs))}")
     if args.out is None and fmt != "table":
@@ -165,9 +180,10 @@ def _add_index(top: argparse._SubParsersAction) -> None:
     build.add_argument("--dataset", required=True, type=Path)
     build.add_argument("--out", required=True, type=Path, help="index folder to write")
     build.add_argument("--split", default=None, help="index only this split (default: every sheet)")
-    build.add_argument("--backend", default="auto", help="auto, numpy, faiss-flat or faiss-hnsw")
+    build.add_argument("--backend", default="auto", help="auto, numpy, faiss-flat, faiss-ivf or faiss-hnsw")
     build.add_argument("--batch-size", type=int, default=64)
     build.add_argument("--device", default="auto")
+    add_engine_arguments(build)
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--json", action="store_true")
 
@@ -178,7 +194,8 @@ def index_build_command(args: argparse.Namespace) -> int:
     from herbid.identification.index import SpecimenIndex, build_index
 
     out = build_index(args.bundle, args.dataset, args.out, split=args.split, batch_size=args.batch_size,
-                      device=args.device, progress=not args.no_progress, backend=args.backend)
+                      device=args.device, progress=not args.no_progress, backend=args.backend,
+                      **engine_options(args))
     info = SpecimenIndex.load(out).info
     summary = {"index": str(out), **{key: info.get(key) for key in ("count", "embedding_dim", "backend", "model_id",
                                                                      "bundle")}}

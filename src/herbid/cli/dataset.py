@@ -1,4 +1,4 @@
-"""``herbid dataset build|split|audit|clean|stats``: build, split, audit and describe dataset folders.
+"""``herbid dataset build|split|audit|clean|stats|shard``: build, split, audit, describe and shard dataset folders.
 
 Each subcommand's parser stands right before its handler; :func:`add_parsers` registers
 them all under ``herbid dataset``. The data libraries are imported inside the handlers.
@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from herbid.cli.common import MiB, command, print_json
+from herbid.cli.common import MiB, add_engine_arguments, command, engine_options, print_json
+
+if TYPE_CHECKING:
+    from herbid.data.build import BuildOptions
 
 #: herbid.data.grouping.GROUP_MODES, named here so that --help needs no pandas (a test keeps them equal).
 SPLIT_MODES = ["collector", "specimen", "observation", "institution", "none"]
@@ -20,7 +24,7 @@ def add_parsers(top: argparse._SubParsersAction) -> None:
     """Register ``herbid dataset`` and its subcommands on the top-level subparsers."""
     dataset = top.add_parser("dataset", help="build, split, audit and describe dataset folders")
     sub = dataset.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    for add in (_add_build, _add_split, _add_audit, _add_clean, _add_stats):
+    for add in (_add_build, _add_split, _add_audit, _add_clean, _add_stats, _add_shard):
         add(sub)
 
 
@@ -43,6 +47,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--allow-private-hosts", action="store_true",
                        help="let image downloads and portal queries reach loopback/private/link-local addresses "
                             "(an in-house image server; refused by default)")
+    build.add_argument("--per-host", type=int, default=2, metavar="N",
+                       help="image requests in flight to one host at once (default 2); a host that answers "
+                            "Retry-After is paused, the others go on")
     build.add_argument("--near-duplicate-bits", type=int, default=40, metavar="B",
                        help="perceptual-hash distance counted as a near duplicate (default 40 of 256)")
     build.add_argument("--seed", type=int, default=0, help="seed for --max-per-species sampling")
@@ -59,6 +66,10 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                         help="hard deadline per downloaded file, seconds (default 30)")
     limits.add_argument("--max-pixels", type=int, default=250_000_000, metavar="N",
                         help="largest image decoded, in pixels (default 250 M; a 90 MP scan is well under)")
+    build.add_argument("--plan", action="store_true",
+                       help="read and plan only: write plan.json (counts, drops by reason, hosts) and "
+                            "plan-urls.txt to --out; download and decode nothing")
+    add_engine_arguments(build)
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -79,12 +90,16 @@ def dataset_build(args: argparse.Namespace) -> int:
         institution_pattern=args.institution_pattern,
         near_duplicate_bits=args.near_duplicate_bits,
         allow_private_hosts=args.allow_private_hosts,
+        download_per_host=args.per_host,
         max_file_bytes=int(args.max_file_mb * MiB),
         max_download_bytes=int(args.max_download_mb * MiB),
         download_timeout=args.download_timeout,
         max_pixels=args.max_pixels,
         progress=not args.no_progress,
+        **engine_options(args),
     )
+    if args.plan:
+        return _plan_build(args, options)
     result = build_dataset(args.sources, args.out, options)
     report = result.report
     if args.json:
@@ -95,6 +110,22 @@ def dataset_build(args: argparse.Namespace) -> int:
 
         show_build(result)
     return 0 if result.images else 1
+
+
+def _plan_build(args: argparse.Namespace, options: BuildOptions) -> int:
+    """``--plan``: read and plan, fetch nothing; exit 1 when no record has a usable name."""
+    from herbid.data.plan import PLAN, plan_build
+
+    plan = plan_build(args.sources, args.out, options)
+    summary = {"plan": str(args.out / PLAN), **plan["counts"], "dropped_by_reason": plan["dropped_by_reason"],
+               "hosts": plan["hosts"]}
+    if args.json:
+        print_json(summary)
+    else:
+        from herbid.display import show_mapping
+
+        show_mapping(f"build plan ({args.out / PLAN})", summary)
+    return 0 if plan["counts"]["with_usable_name"] else 1
 
 
 # --- split and audit --------------------------------------------------------------------
@@ -166,6 +197,7 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
     clean.add_argument("--aspect", type=float, default=None,
                        help="crop mode: pad each plant crop to this height/width (e.g. the training aspect)")
     clean.add_argument("--workers", type=int, default=2)
+    add_engine_arguments(clean)
     clean.add_argument("--json", action="store_true")
 
 
@@ -175,7 +207,7 @@ def dataset_clean(args: argparse.Namespace) -> int:
     from herbid.cleaning.dataset import clean_dataset
 
     result = clean_dataset(args.dataset, args.out, mode=args.mode, segmenter=args.segmenter, aspect=args.aspect,
-                           workers=args.workers, progress=not args.json)
+                           workers=args.workers, progress=not args.json, **engine_options(args))
     summary = {"out": str(result.out), "images": result.images, "no_plant_found": result.no_plant,
                "clutter_boxes_removed": result.boxes_removed, "mode": args.mode}
     if args.json:
@@ -204,4 +236,37 @@ def dataset_stats(args: argparse.Namespace) -> int:
         from herbid.display import show_mapping
 
         show_mapping("dataset", data)
+    return 0
+
+
+# --- shard ------------------------------------------------------------------------------
+
+def _add_shard(sub: argparse._SubParsersAction) -> None:
+    shard = sub.add_parser("shard", help="write a split's stored copies as WebDataset tar shards for training")
+    shard.add_argument("dataset", type=Path)
+    shard.add_argument("--out", required=True, type=Path, help="new folder for shard-NNNNNN.tar and shards.json")
+    shard.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    shard.add_argument("--split", default="train", help="rows to shard (default train; 'all' for every row)")
+    shard.add_argument("--copies", default="small,large",
+                       help="stored copies to include: small (256 px), large (≤1024 px, read above 256 px)")
+    shard.add_argument("--no-progress", action="store_true")
+    shard.add_argument("--json", action="store_true")
+
+
+@command("dataset shard")
+def dataset_shard(args: argparse.Namespace) -> int:
+    from herbid.data.shards import write_shards
+
+    info = write_shards(args.dataset, args.out, shard_size=args.shard_size,
+                        split=None if args.split == "all" else args.split,
+                        copies=tuple(c.strip() for c in args.copies.split(",") if c.strip()),
+                        progress=not (args.no_progress or args.json))
+    summary = {"out": str(args.out), "samples": info["samples"], "shards": len(info["shardlist"]),
+               "classes": len(info["classes"]), "copies": ",".join(info["copies"])}
+    if args.json:
+        print_json(summary)
+    else:
+        from herbid.display import show_mapping
+
+        show_mapping("shards", summary)
     return 0

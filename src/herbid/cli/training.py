@@ -93,6 +93,9 @@ def _add_train(top: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, metrics, bundle)")
     train.add_argument("--config", type=Path, default=None, help="YAML config (fields of TrainConfig)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train.add_argument("--shards", type=Path, default=None,
+                       help="read the training sheets from this dataset's shards (herbid dataset shard); "
+                            "--set shard_order=local lets each process read its own shards")
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--json", action="store_true")
     add_train_flags(train)
@@ -106,6 +109,8 @@ def train_command(args: argparse.Namespace) -> int:
 
     overrides = train_overrides(args)
     overrides.update(dataset=str(args.dataset), out=str(args.out), resume=args.resume)
+    if args.shards is not None:
+        overrides["shards"] = str(args.shards)
     config = load_config(args.config, overrides)
     result = train(config, progress=not args.no_progress)
     summary = {"run": str(result.run_dir), "bundle": str(result.bundle_dir), "best_epoch": result.best_epoch,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -27,9 +27,8 @@ from herbid.data.phash import NEAR_DUPLICATE_BITS, near_duplicates_of_hex
 from herbid.data.records import DWC_TERMS, SourceRecord
 from herbid.data.safe_files import DEFAULT_MAX_FILE_BYTES
 from herbid.data.sources.base import ProblemLog, Source, SourceError, open_source
+from herbid.engine import open_engine
 from herbid.errors import InvalidOption
-from herbid.pools import process_pool
-from herbid.progress import progress_bar
 
 
 @dataclass
@@ -40,7 +39,15 @@ class BuildOptions:
     max_per_species: int | None = None
     synonyms: Path | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: Where decoding runs (``--engine``): ``"local"`` processes or ``"ray"`` (herbid.engine).
+    #: Downloads stay on this machine either way: per-host politeness needs one coordinator.
+    engine: str = "local"
+    #: Ray cluster to join with ``engine="ray"`` (default ``$RAY_ADDRESS``, else a local Ray).
+    #: Its workers write into ``out``, so on a cluster ``out`` must be shared storage.
+    address: str | None = None
     download_workers: int = 8
+    #: Image requests in flight to one host at once (``--per-host``): politeness to small servers.
+    download_per_host: int = 2
     download_timeout: float = 30.0
     max_download_bytes: int = 100 * 2**20
     #: Let downloads and portal queries reach loopback, private and link-local addresses
@@ -96,7 +103,7 @@ def build_dataset(sources: Sequence[str | Path | Source], out: str | Path,
     counts["after_exact_duplicates"] = len(frame)
     frame = drop_unusable_names(frame, problems)
     counts["with_species_name"] = len(frame)
-    near_pairs = find_near_duplicates(frame, options.near_duplicate_bits)
+    near_pairs = find_near_duplicates(frame, options.near_duplicate_bits, progress=options.progress)
     for a, b, distance in near_pairs:
         problems.add("curation", f"{a} ~ {b}", "near duplicate", action="reported", detail=f"phash distance {distance}")
     frame = apply_species_limits(frame, problems, options)
@@ -134,27 +141,59 @@ def source_options(options: BuildOptions) -> dict[str, Any]:
             "allow_private_hosts": options.allow_private_hosts}
 
 
+class SourceStream:
+    """The records of one source, one at a time: iterate it once, then read :meth:`describe`.
+
+    A source that cannot be read (at the start or part way) is reported and marked
+    ``failed``; the records it gave before failing have been yielded, and callers drop them.
+    """
+
+    def __init__(self, location: str | Path | Source, problems: ProblemLog, kind: str | None,
+                 options: dict[str, Any]) -> None:
+        self.location, self.problems, self.kind, self.options = location, problems, kind, options
+        self.name = ""
+        self.count = 0
+        self.failed = False
+
+    def __iter__(self) -> Iterator[SourceRecord]:
+        location = self.location
+        try:
+            source = location if isinstance(location, Source) else open_source(location, kind=self.kind,
+                                                                               **self.options)
+            self.location, self.name = source.location, source.name
+            for record in source.records(self.problems):
+                record.source = record.source or source.name
+                self.count += 1
+                yield record
+        except SourceError as exc:
+            self.problems.add("source", str(location), str(exc))
+            self.location, self.failed = str(location), True
+
+    def describe(self) -> dict[str, str]:
+        if self.failed:
+            return {"location": str(self.location), "kind": "unreadable", "records": "0"}
+        return {"location": str(self.location), "kind": self.name, "records": str(self.count)}
+
+
+def stream_sources(sources: Iterable[str | Path | Source], problems: ProblemLog, *, kind: str | None = None,
+                   **options: Any) -> Iterator[SourceStream]:
+    """One :class:`SourceStream` per source, opened with ``options`` (``media_roots``,
+    ``follow_symlinks``, ``allow_private_hosts``) when it is iterated."""
+    for location in sources:
+        yield SourceStream(location, problems, kind, options)
+
+
 def read_sources(sources: Iterable[str | Path | Source], problems: ProblemLog, *, kind: str | None = None,
                  **options: Any) -> tuple[list[SourceRecord], list[dict[str, str]]]:
-    """All records of all sources; a source that cannot be read at all is reported.
-
-    ``options`` go to every source opened here (``media_roots``, ``follow_symlinks``,
-    ``allow_private_hosts``).
-    """
+    """All records of all sources, from :func:`stream_sources`; a source that cannot be read
+    is reported and gives none (not even the rows before the damage)."""
     records: list[SourceRecord] = []
     described: list[dict[str, str]] = []
-    for location in sources:
-        try:
-            source = location if isinstance(location, Source) else open_source(location, kind=kind, **options)
-            found = list(source.records(problems))
-        except SourceError as exc:
-            problems.add("source", str(location), str(exc))
-            described.append({"location": str(location), "kind": "unreadable", "records": "0"})
-            continue
-        for record in found:
-            record.source = record.source or source.name
-        described.append({"location": source.location, "kind": source.name, "records": str(len(found))})
-        records.extend(found)
+    for stream in stream_sources(sources, problems, kind=kind, **options):
+        found = list(stream)
+        described.append(stream.describe())
+        if not stream.failed:
+            records.extend(found)
     return records, described
 
 
@@ -192,16 +231,18 @@ def normalise_names(records: list[SourceRecord], problems: ProblemLog, synonyms:
     be a byte-identical copy of a named sheet (the duplicate report must see it), while a
     remote one is dropped now so it is never downloaded.
     """
-    kept = []
-    for record in records:
-        reason, detail = _label(record, synonyms, problems)
-        if reason:
-            if is_url(record.source_path):
-                problems.add("names", record.origin or record.source_path, reason, detail=detail)
-                continue
-            record.extra[UNUSABLE] = (reason, detail)
-        kept.append(record)
-    return kept
+    return [record for record in records if normalise_name(record, problems, synonyms)]
+
+
+def normalise_name(record: SourceRecord, problems: ProblemLog, synonyms: dict[str, str]) -> bool:
+    """:func:`normalise_names` for one record: whether it goes on (a plan counts them one by one)."""
+    reason, detail = _label(record, synonyms, problems)
+    if reason:
+        if is_url(record.source_path):
+            problems.add("names", record.origin or record.source_path, reason, detail=detail)
+            return False
+        record.extra[UNUSABLE] = (reason, detail)
+    return True
 
 
 def _label(record: SourceRecord, synonyms: dict[str, str], problems: ProblemLog) -> tuple[str, str]:
@@ -246,8 +287,8 @@ def fetch_remote(records: list[SourceRecord], out: Path, problems: ProblemLog, o
 
         local_copy = download_images(
             urls, out / "downloads", problems,
-            workers=options.download_workers, timeout=options.download_timeout,
-            max_bytes=options.max_download_bytes, progress=options.progress,
+            workers=options.download_workers, per_host=options.download_per_host,
+            timeout=options.download_timeout, max_bytes=options.max_download_bytes, progress=options.progress,
             allow_private_hosts=options.allow_private_hosts,
         )
     kept = []
@@ -272,14 +313,13 @@ def _store_one(args: tuple[str, str, int, int]) -> StoredImage | str:
 
 def store_images(records: list[SourceRecord], out: Path, problems: ProblemLog, options: BuildOptions
                  ) -> list[dict[str, Any]]:
-    """Decode and store every image (in parallel); bad files are quarantined with a reason."""
+    """Decode and store every image (in parallel, on ``options.engine``); bad files are quarantined
+    with a reason. Workers write the content-addressed copies themselves, so parallel writes are safe."""
     jobs = [(r.extra.get("local_path", r.source_path), str(out), options.max_pixels, options.max_file_bytes)
             for r in records]
-    results: list[StoredImage | str] = []
-    with progress_bar("images", total=len(jobs), enabled=options.progress) as advance:
-        for result in _map(_store_one, jobs, options.workers):
-            results.append(result)
-            advance()
+    with open_engine(options.engine, workers=options.workers, address=options.address) as engine:
+        results: list[StoredImage | str] = list(engine.map(_store_one, jobs, desc="images",
+                                                           progress=options.progress))
     rows = []
     for record, result in zip(records, results):
         where = record.origin or record.source_path
@@ -291,19 +331,6 @@ def store_images(records: list[SourceRecord], out: Path, problems: ProblemLog, o
             problems.add("image", where, "converted", action="converted", detail=note)
         rows.append(_manifest_row(record, result))
     return rows
-
-
-def _map(function: Callable, jobs: list, workers: int) -> Iterable:
-    if workers <= 1 or len(jobs) < 2:
-        return map(function, jobs)
-    return _pool_map(function, jobs, workers)
-
-
-def _pool_map(function: Callable, jobs: list, workers: int) -> Iterable:
-    # small chunks keep the progress bar moving; a few per worker amortise the IPC
-    chunksize = max(1, min(8, len(jobs) // (8 * workers)))
-    with process_pool(workers) as executor:
-        yield from executor.map(function, jobs, chunksize=chunksize)
 
 
 def _manifest_row(record: SourceRecord, stored: StoredImage) -> dict[str, Any]:
@@ -366,9 +393,9 @@ def drop_unusable_names(frame: pd.DataFrame, problems: ProblemLog) -> pd.DataFra
     return frame.loc[~unusable].drop(columns=["unusable", "where"]).reset_index(drop=True)
 
 
-def find_near_duplicates(frame: pd.DataFrame, max_bits: int) -> list[tuple[str, str, int]]:
+def find_near_duplicates(frame: pd.DataFrame, max_bits: int, *, progress: bool = False) -> list[tuple[str, str, int]]:
     """Pairs of images (by id) whose perceptual hashes differ in at most ``max_bits`` bits."""
-    pairs = near_duplicates_of_hex(frame["phash"].tolist(), max_bits)
+    pairs = near_duplicates_of_hex(frame["phash"].tolist(), max_bits, progress=progress)
     ids = frame["image_id"].tolist()
     return [(ids[i], ids[j], d) for i, j, d in pairs]
 

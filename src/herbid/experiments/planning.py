@@ -27,8 +27,8 @@ FINETUNE = "finetune"
 #: TrainConfig fields the runner sets for each stage; a user value would be overwritten.
 RUNNER_FIELDS = ("dataset", "out", "init", "init_chain", "fold", "resume", "train_split", "test_split", "val_split")
 #: Fields left out of the stage key: set per stage (and keyed structurally instead), or
-#: only affecting speed.
-NOT_IN_KEY = (*RUNNER_FIELDS, "workers")
+#: only affecting speed (``shards`` in the global order trains on the folder's very batches).
+NOT_IN_KEY = (*RUNNER_FIELDS, "workers", "shards")
 
 
 class ExperimentError(UserError, ValueError):
@@ -141,7 +141,8 @@ def say(progress: bool, message: str) -> None:
 #: so a stage trained before the field existed keeps its key (and its cached result).
 KEY_ONLY_WHEN_CHANGED = {"rot90": False, "jitter": 0.0, "sample_weight": "none", "min_crop_area": 0.0,
                          "aspect": 1.0, "trainable_from": "", "frozen_batchnorm": False, "l2_sp": 0.0,
-                         "optimizer": "sgd", "head_lr_scale": 1.0, "finetune_min_per_species": 0}
+                         "optimizer": "sgd", "head_lr_scale": 1.0, "finetune_min_per_species": 0,
+                         "shard_order": "global"}
 
 
 def config_key(config: TrainConfig) -> dict[str, Any]:

@@ -27,20 +27,18 @@ import io
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import torch
 
 from herbid.data.dataset_folder import atomic_path
 from herbid.data.safe_files import DEFAULT_MAX_FILE_BYTES, read_regular_file
+from herbid.engine import Engine, open_engine
 from herbid.errors import InvalidOption, MissingInput, UserError
 from herbid.identification.predict import Identification, Identifier
-from herbid.progress import progress_bar
 
 #: Suffixes picked up when a folder is searched (a file named explicitly is always tried).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"})
@@ -48,9 +46,6 @@ FORMATS = ("json", "jsonl", "csv", "dwc")
 #: Darwin Core Identification terms of a ``fmt="dwc"`` row, in column order.
 DWC_COLUMNS = ("associatedMedia", "scientificName", "taxonRank", "identificationQualifier", "identifiedBy",
                "dateIdentified", "identificationRemarks", "identificationVerificationStatus")
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 
 class JournalError(UserError, ValueError):
@@ -239,28 +234,6 @@ def _loader(identifier: Identifier, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> 
     return load
 
 
-def _prefetch(executor: Executor, function: Callable[[_T], _R], items: Iterable[_T], ahead: int) -> Iterator[_R]:
-    """``map(function, items)`` in order, at most ``ahead`` items in flight (bounded memory)."""
-    pending: deque[Future[_R]] = deque()
-    for item in items:
-        pending.append(executor.submit(function, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
-    chunk: list[_T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _records(identifier: Identifier, loaded: list[_Loaded], top_k: int, date: str) -> list[dict[str, Any]]:
     """One record per loaded file, in input order: an identification or an error."""
     good = [item for item in loaded if item.tensor is not None]
@@ -276,17 +249,52 @@ def _records(identifier: Identifier, loaded: list[_Loaded], top_k: int, date: st
     return records
 
 
+class _IdentifyStep:
+    """One engine worker's share: ``load`` reads and decodes one file, ``run`` identifies a batch."""
+
+    def __init__(self, identifier: Identifier, max_file_bytes: int, top_k: int, date: str) -> None:
+        self.identifier, self.top_k, self.date = identifier, top_k, date
+        self.load = _loader(identifier, max_file_bytes)
+
+    def run(self, loaded: list[_Loaded]) -> list[dict[str, Any]]:
+        return _records(self.identifier, loaded, self.top_k, self.date)
+
+
+class _IdentifySteps:
+    """An :class:`_IdentifyStep` per engine worker: locally around ``identifier`` itself; in a
+    Ray actor around the same bundle loaded there (from its folder, which workers must see)."""
+
+    def __init__(self, identifier: Identifier, max_file_bytes: int, top_k: int, date: str) -> None:
+        self.identifier: Identifier | None = identifier
+        self.bundle = identifier.bundle.path or identifier.bundle
+        self.settings = {"batch_size": identifier.batch_size, "max_pixels": identifier.max_pixels,
+                         **asdict(identifier.thresholds)}
+        self.step = (max_file_bytes, top_k, date)
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped to an actor without the loaded model
+        return {**self.__dict__, "identifier": None}
+
+    def __call__(self, device: str | None) -> _IdentifyStep:
+        identifier = self.identifier
+        if device is not None or identifier is None:
+            identifier = Identifier(self.bundle, device=device or "cpu", **self.settings)
+        return _IdentifyStep(identifier, *self.step)
+
+
 def identify_paths(identifier: Identifier, inputs: Sequence[str | Path], out: str | Path | None = None, *,
                    top_k: int = 5, fmt: str = "json", resume: bool = True, progress: bool = True,
                    workers: int | None = None, retry_failed: bool = False,
-                   date: _dt.date | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> BatchSummary:
+                   date: _dt.date | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                   engine: str | Engine = "local", address: str | None = None) -> BatchSummary:
     """Identify every image in ``inputs`` (files or folders); see the module docstring.
 
     With ``out`` the results go to the journal as they come and to ``out`` in ``fmt`` at
     the end; without it they are returned in ``BatchSummary.records`` (nothing is
     resumable then). ``workers`` decoding threads (default: up to 4, one per core). Only
     regular files of at most ``max_file_bytes`` are read; anything else (a named pipe in a
-    folder, a device named on the command line) gets an error record.
+    folder, a device named on the command line) gets an error record. ``engine``: where the
+    batches run (:mod:`herbid.engine`); on Ray, actors that load the bundle once each, the
+    same records in the same order.
     """
     if fmt not in FORMATS:
         raise InvalidOption(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -307,19 +315,16 @@ def identify_paths(identifier: Identifier, inputs: Sequence[str | Path], out: st
     day = (date or _dt.date.today()).isoformat()
     writer = _Journal(journal, append=resume) if journal else None
     threads = workers or min(4, os.cpu_count() or 1)
+    steps = _IdentifySteps(identifier, max_file_bytes, top_k, day)
     try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="herbid-decode") as pool, \
-                progress_bar("identifying", len(todo), enabled=progress and bool(todo)) as advance:
-            loaded = _prefetch(pool, _loader(identifier, max_file_bytes), todo,
-                               ahead=2 * identifier.batch_size + threads)
-            for chunk in _chunks(loaded, identifier.batch_size):
-                records = _records(identifier, chunk, top_k, day)
+        with open_engine(engine, workers=os.cpu_count() or 1, address=address) as running:
+            for records in running.map_batches(steps, todo, batch_size=identifier.batch_size, desc="identifying",
+                                               progress=progress, threads=threads):
                 _count(summary, records)
                 if writer:
                     writer.write(records)
                 else:
                     summary.records.extend(records)
-                advance(len(chunk))
     finally:
         if writer:
             writer.close()

@@ -24,6 +24,7 @@ CONFIG_YAML = "config.yaml"
 HEAD_INITS = ("random", "linear-probe", "bn-linear-probe")
 SAMPLE_WEIGHTS = ("none", "quality", "institution")
 OPTIMIZERS = ("sgd", "adamw")
+SHARD_ORDERS = ("global", "local")
 
 
 class ConfigError(UserError, ValueError):
@@ -124,6 +125,12 @@ class TrainConfig:
     init_chain: list[str] = field(default_factory=list)
     #: Caps the steps of every epoch (tests, benchmarks, smoke runs).
     max_steps_per_epoch: int | None = None
+    #: A shard folder of this dataset (``herbid dataset shard``): training samples are read
+    #: from its tars instead of one file each; evaluation still reads the dataset folder.
+    shards: str = ""
+    #: "global": the folder's sample order (bit-identical to reading the folder); "local":
+    #: each process reads its own run of shards (herbid.training.shard_data).
+    shard_order: str = "global"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -266,6 +273,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (0.25 <= config.aspect <= 4.0, "aspect must be in [0.25, 4]"),
         (not (config.rot90 and config.aspect != 1.0), "rot90 needs aspect = 1 (a quarter turn changes the shape)"),
         (config.max_steps_per_epoch is None or config.max_steps_per_epoch >= 0, "max_steps_per_epoch must be >= 0"),
+        (config.shard_order in SHARD_ORDERS, f"shard_order must be one of {sorted(SHARD_ORDERS)}"),
+        (config.shard_order == "global" or bool(config.shards), "shard_order=local needs shards (--shards)"),
     ]
     problems = [message for ok, message in checks if not ok]
     if problems:

@@ -73,8 +73,10 @@ log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
 #: Config keys that may differ between a run and its resumption (they do not change what
-#: the finished epochs computed). Changing ``epochs`` stretches the LR schedule from there on.
-RESUMABLE_CHANGES = frozenset({"epochs", "resume", "workers", "device", "out"})
+#: the finished epochs computed). Changing ``epochs`` stretches the LR schedule from there on;
+#: ``shards`` in the global order reads the folder's very samples, ``shard_order`` orders the
+#: epochs still to come (and checkpoints from before either existed stay resumable).
+RESUMABLE_CHANGES = frozenset({"epochs", "resume", "workers", "device", "out", "shards", "shard_order"})
 #: Redraw the learning curve at most this often (and after the last epoch): matplotlib
 #: takes about a second per figure here, which would dominate short epochs.
 PLOT_EVERY_SECONDS = 60.0

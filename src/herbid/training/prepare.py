@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from herbid.data.dataset_folder import DatasetError, load_manifest
 from herbid.data.splits import TEST, assign_splits
@@ -30,6 +30,7 @@ from herbid.models.tta import view_count
 from herbid.training.config import TrainConfig
 from herbid.training.data import SeededBatchSampler, sample_weights, train_transform
 from herbid.training.distributed import DistContext
+from herbid.training.shard_data import training_dataset, training_order
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def init_head_from_probe(model: HerbidModel, config: TrainConfig, splits: Splits
     if not isinstance(head, nn.Linear):
         raise InvalidOption(f"head_init={config.head_init} needs a linear classifier; {config.arch} has "
                          f"{type(head).__name__}")
-    dataset = ManifestDataset(config.dataset, splits.train, splits.species, eval_transform(preprocessing))
+    dataset = training_dataset(config, splits.train, splits.species, eval_transform(preprocessing))
     loader = DataLoader(dataset, batch_size=config.batch_size * 2, shuffle=False, num_workers=0)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     recalibrated = 0
@@ -266,15 +267,14 @@ def eval_loader(dataset: ManifestDataset, batch_size: int, context: DistContext,
 
 def make_loaders(config: TrainConfig, splits: Splits, preprocessing: Preprocessing, context: DistContext,
                  device: torch.device) -> Loaders:
-    """The training loader (seeded order and augmentation, sharded by DistributedSampler)
-    and the evaluation loaders (sharded without padding)."""
+    """The training loader (seeded order and augmentation, split across processes; from
+    ``config.shards`` when set) and the evaluation loaders (sharded without padding)."""
     size, resize = preprocessing.input_size, preprocessing.resize_size
     weights = sample_weights(config.sample_weight, splits.train)
-    train_set = ManifestDataset(config.dataset, splits.train, splits.species,
-                                train_transform(preprocessing, size, resize, config.hflip, config.vflip,
-                                                config.rot90, config.jitter, config.min_crop_area), weights=weights)
-    order = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank,
-                               shuffle=True, seed=config.seed, drop_last=False)
+    train_set = training_dataset(config, splits.train, splits.species,
+                                 train_transform(preprocessing, size, resize, config.hflip, config.vflip,
+                                                 config.rot90, config.jitter, config.min_crop_area), weights=weights)
+    order = training_order(config, train_set, context)
     batches = SeededBatchSampler(order, config.batch_size, config.seed, config.max_steps_per_epoch)
     workers = loader_workers(config.workers, device)
     kwargs = _loader_kwargs(workers, device)

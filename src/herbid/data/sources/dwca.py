@@ -19,6 +19,12 @@ quoting), ``linesTerminatedBy`` (``\\n``/``\\r\\n``/``\\r`` are treated alike be
 archives often declare one and ship another), ``ignoreHeaderLines`` and per-field
 ``default`` values. Row-to-record rules and problem reporting are shared with the CSV
 source (see :mod:`herbid.data.sources.rows`).
+
+Archives of millions of rows (GBIF and iDigBio bulk downloads) stream: the tables are
+read line by line through the same capped splitter, the multimedia extension goes into
+Arrow columns (:mod:`herbid.data.sources.media_index`, no Python object per row) and the
+core is joined to it in chunks, records being yielded as they are made. What grows with
+the archive is that index and the set of core ids seen (for the duplicate check).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -41,6 +48,7 @@ from herbid.data.sources.dwca_meta import (
     parse_meta,
 )
 from herbid.data.sources.media import MediaError, MediaRef, looks_like_location, split_media
+from herbid.data.sources.media_index import MediaIndex
 from herbid.data.sources.rows import (
     RowRules,
     field_count_problem,
@@ -74,6 +82,8 @@ MEDIA_LOCATION_TERMS: tuple[str, ...] = (
 )
 #: ``dc:type`` values (last URI segment, lower case) that are images.
 IMAGE_TYPES = frozenset({"stillimage", "image", "photograph"})
+#: Core rows joined to the multimedia index at a time (their fields are held meanwhile).
+CORE_CHUNK_ROWS = 20_000
 _STAGE = "source"
 
 
@@ -153,8 +163,8 @@ class _ZipContainer(_Container):
 # --------------------------------------------------------------------------- reading
 
 
-def _checked_rows(table: TextTable, spec: TableSpec, problems: ProblemLog) -> Iterator[tuple[str, list[str]]]:
-    """Data rows with the right number of fields, as ``(origin, fields)``.
+def _checked_rows(table: TextTable, spec: TableSpec, problems: ProblemLog) -> Iterator[tuple[int, list[str]]]:
+    """Data rows with the right number of fields, as ``(line, fields)``.
 
     The expected width is the last header line's (or, with no header, the first row's):
     a table may hold more columns than meta.xml maps, but every row must have the same
@@ -174,11 +184,15 @@ def _checked_rows(table: TextTable, spec: TableSpec, problems: ProblemLog) -> It
             raise SourceError(
                 f"{table.display}: meta.xml maps column {spec.max_index} but the file has {width} columns"
             )
-        origin = f"{table.display}:{line}"
         if len(fields) != width:
-            field_count_problem(problems, origin, len(fields), width)
+            field_count_problem(problems, f"{table.display}:{line}", len(fields), width)
             continue
-        yield origin, fields
+        yield line, fields
+
+
+def _batched(rows: Iterator[tuple[int, list[str]]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
+    while chunk := list(islice(rows, size)):
+        yield chunk
 
 
 def _not_image(values: Mapping[str, str | None]) -> str | None:
@@ -193,7 +207,13 @@ def _not_image(values: Mapping[str, str | None]) -> str | None:
 
 
 class _ArchiveReader:
-    """One pass over an archive: multimedia first (kept in memory), then the core."""
+    """One pass over an archive: multimedia first (into a columnar :class:`MediaIndex`), then
+    the core, streamed in chunks of :data:`CORE_CHUNK_ROWS` rows joined to it.
+
+    What stays in memory for the whole read is the media index and the set of core ids
+    seen (a duplicate id must be refused wherever it comes); records are yielded as each
+    chunk is joined, so a caller that does not keep them reads in bounded memory.
+    """
 
     def __init__(
         self,
@@ -230,16 +250,18 @@ class _ArchiveReader:
             return
         for name in core.locations:
             table = TextTable(self.container.opener(name), self.container.where(name), core.dialect)
-            for origin, fields in _checked_rows(table, core, self.problems):
-                yield from self._core_row(origin, fields, media or {})
+            for chunk in _batched(_checked_rows(table, core, self.problems), CORE_CHUNK_ROWS):
+                keys = [core.key(fields) or None for _, fields in chunk]
+                joined = media.lookup(keys) if media is not None else [[] for _ in chunk]
+                for (line, fields), key, images in zip(chunk, keys, joined, strict=True):
+                    yield from self._core_row(f"{table.display}:{line}", fields, key, images)
             table.report_fallback(self.problems)
-        self._report_orphans(media or {})
+        if media is not None:
+            self._report_orphans(media)
 
-    def _core_row(
-        self, origin: str, fields: list[str], media: dict[str, list[MediaRef]]
-    ) -> list[SourceRecord]:
+    def _core_row(self, origin: str, fields: list[str], key: str | None, images: list[MediaRef]
+                  ) -> list[SourceRecord]:
         core = self.meta.core
-        key = core.key(fields) or None
         if key is not None:
             if key in self.seen:
                 self.problems.add(_STAGE, origin, "duplicate core id", detail=key)
@@ -248,9 +270,7 @@ class _ArchiveReader:
         values = core.values(fields)
         if not values.get("occurrenceID") and key:
             values["occurrenceID"] = key  # the core id of an Occurrence core is its occurrenceID
-        refs = (media.get(key, []) if key else []) or [
-            MediaRef(v, origin) for v in split_media(values.get("associatedMedia"))
-        ]
+        refs = images or [MediaRef(v, origin) for v in split_media(values.get("associatedMedia"))]
         return row_records(
             values, refs, origin, self.rules, self.problems, extra={"id": key} if key else None
         )
@@ -266,7 +286,7 @@ class _ArchiveReader:
             self.problems, self.container.display, count, "no multimedia extension or associatedMedia"
         )
 
-    def _load_media(self) -> dict[str, list[MediaRef]] | None:
+    def _load_media(self) -> MediaIndex | None:
         """Images per core id from every multimedia extension; ``None`` if there is none."""
         specs = self.meta.multimedia
         if not specs:
@@ -275,17 +295,19 @@ class _ArchiveReader:
             raise SourceError(
                 f"{self.container.where(META)}: core has no <id> to join the multimedia extension"
             )
-        media: dict[str, list[MediaRef]] = {}
+        media = MediaIndex()
         for spec in specs:
             if spec.key_index is None:
                 raise SourceError(f"{self.container.where(META)}: multimedia extension has no <coreid>")
             for name in spec.locations:
                 table = TextTable(self.container.opener(name), self.container.where(name), spec.dialect)
-                for origin, fields in _checked_rows(table, spec, self.problems):
-                    ref = self._media_ref(spec.values(fields), origin)
+                number = media.table(table.display)
+                for line, fields in _checked_rows(table, spec, self.problems):
+                    ref = self._media_ref(spec.values(fields), f"{table.display}:{line}")
                     if ref is not None:
-                        media.setdefault(spec.key(fields) or "", []).append(ref)  # "" stays orphaned
+                        media.add(spec.key(fields) or "", ref, number, line)  # "" stays orphaned
                 table.report_fallback(self.problems)
+        media.finish()
         return media
 
     def _media_ref(self, values: Mapping[str, str | None], origin: str) -> MediaRef | None:
@@ -302,13 +324,9 @@ class _ArchiveReader:
         )
         return None
 
-    def _report_orphans(self, media: dict[str, list[MediaRef]]) -> None:
-        for key, refs in media.items():
-            if key not in self.seen:
-                for ref in refs:
-                    self.problems.add(
-                        _STAGE, ref.origin, "orphaned multimedia row", detail=f"coreid {key!r} not in core"
-                    )
+    def _report_orphans(self, media: MediaIndex) -> None:
+        for key, ref in media.orphans():
+            self.problems.add(_STAGE, ref.origin, "orphaned multimedia row", detail=f"coreid {key!r} not in core")
 
 
 # --------------------------------------------------------------------------- the source

@@ -3,7 +3,8 @@
 Herbaria and portals hand out occurrence tables in many dialects: comma or tab separated,
 UTF-8 or Latin-1, plain (``scientificName``), prefixed (``dwc:scientificName``) or full-URI
 headers, and GBIF's "simple CSV" download (a zip with one tab-separated file and no
-quoting). :class:`DwcCsvSource` reads all of them, one record per image.
+quoting). :class:`DwcCsvSource` reads all of them, one record per image, streaming: a
+row becomes its records as it is read, and nothing of earlier rows is kept.
 
 The machinery it shares with :mod:`herbid.data.sources.dwca` lives beside it:
 :mod:`~herbid.data.sources.zipsafe` (zip member safety),

@@ -18,11 +18,13 @@ The package has one module per job, each importing only from those before it in 
 :mod:`.geometry` and :mod:`.colour` (pixel and colour helpers), :mod:`.catalogue` (species,
 collectors, sheet records), :mod:`.layout` (style, placement, ground truth), :mod:`.plant`
 and :mod:`.clutter` (what is drawn), :mod:`.sheet` (one whole sheet) and :mod:`.writer` (a
-collection on disk). Every public name is re-exported here.
+collection on disk); :mod:`.archive` (a Darwin Core Archive of any size, no images) stands
+apart. Every public name is re-exported here.
 """
 
 from __future__ import annotations
 
+from herbid.data.synthetic.archive import ArchiveSummary, write_dwca
 from herbid.data.synthetic.catalogue import (
     COUNTRIES,
     INSTITUTIONS,
@@ -50,6 +52,7 @@ __all__ = [
     "SPECIES",
     "SPECIES_NAMES",
     "SYNTHETIC_LABEL",
+    "ArchiveSummary",
     "Arrangement",
     "BarcodePlace",
     "Box",
@@ -64,4 +67,5 @@ __all__ = [
     "render_sheet",
     "sheet_rng",
     "species_index",
+    "write_dwca",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,10 +10,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 import herbid
 from herbid.data.dataset_folder import load_manifest
 from herbid.data.splits import text_column
+from herbid.engine import Engine, open_engine
 from herbid.errors import InvalidOption
 from herbid.identification.index.encode import encode_rows
 from herbid.identification.index.store import INDEX_FORMAT, SpecimenIndex, index_bundle_path, sheet_metadata
@@ -46,21 +49,61 @@ def _index_info(bundle: Bundle, datasets: list[dict[str, Any]], created: str | N
     }
 
 
+class _EmbedStep:
+    """One engine worker's share: embed a batch of manifest rows (``load`` passes rows through)."""
+
+    def __init__(self, bundle: Bundle, dataset_dir: str | Path, device: torch.device) -> None:
+        self.bundle, self.dataset_dir, self.device = bundle, dataset_dir, device
+
+    def load(self, row: dict[str, Any]) -> dict[str, Any]:
+        return row
+
+    def run(self, rows: list[dict[str, Any]]) -> list[np.ndarray]:
+        encoded = encode_rows(self.bundle, self.dataset_dir, pd.DataFrame(rows), batch_size=len(rows),
+                              device=self.device)
+        return list(encoded.embeddings)
+
+
+class _EmbedSteps:
+    """An :class:`_EmbedStep` per engine worker: locally around the loaded bundle; in a Ray
+    actor around the same bundle loaded there (from its folder, which workers must see)."""
+
+    def __init__(self, bundle: Bundle, dataset_dir: str | Path, device: torch.device) -> None:
+        self.bundle: Bundle | None = bundle
+        self.source = bundle.path or bundle
+        self.dataset_dir, self.device = dataset_dir, device
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped to an actor without the loaded model
+        return {**self.__dict__, "bundle": None}
+
+    def __call__(self, device: str | None) -> _EmbedStep:
+        if device is None and self.bundle is not None:
+            return _EmbedStep(self.bundle, self.dataset_dir, self.device)
+        torch_device = resolve_device(device or "cpu")
+        return _EmbedStep(as_bundle(self.source, torch_device), self.dataset_dir, torch_device)
+
+
 def build_index(bundle: str | Path | Bundle, dataset_dir: str | Path, out_dir: str | Path, *,
                 split: str | None = None, batch_size: int = 64, device: str = "auto", progress: bool = True,
-                backend: str = "auto") -> Path:
+                backend: str = "auto", engine: str | Engine = "local", address: str | None = None) -> Path:
     """Embed every sheet of ``dataset_dir`` (or one split) and write ``out_dir`` as an index.
 
     ``split=None`` indexes all rows: for similar-specimen search the test sheets are
     specimens like any other. Index only ``train`` when the index will be used to
-    *evaluate* the k-NN classifier on ``test``. Returns ``out_dir``.
+    *evaluate* the k-NN classifier on ``test``. Returns ``out_dir``. ``engine``: where the
+    batches are embedded (:mod:`herbid.engine`); on Ray, actors that load the bundle once each
+    (one per GPU where there are GPUs), the same embeddings in the same order.
     """
-    torch_device = resolve_device(device)
+    local = engine == "local" or getattr(engine, "name", None) == "local"
+    torch_device = resolve_device(device if local else "cpu")  # with Ray the model runs in the actors
     loaded = as_bundle(bundle, torch_device)
     frame = manifest_rows(dataset_dir, split)
-    encoded = encode_rows(loaded, dataset_dir, frame, batch_size=batch_size, device=torch_device,
-                          progress=progress, description="index: embedding sheets")
-    index = SpecimenIndex(encoded.embeddings, sheet_metadata(dataset_dir, frame), backend_name=backend)
+    rows = frame[[c for c in ("image_path", "large_image_path") if c in frame.columns]].to_dict("records")
+    with open_engine(engine, workers=os.cpu_count() or 1, address=address, gpus=device != "cpu") as running:
+        embeddings = [vector for batch in running.map_batches(
+            _EmbedSteps(loaded, dataset_dir, torch_device), rows, batch_size=batch_size,
+            desc="index: embedding sheets", progress=progress, threads=1) for vector in batch]
+    index = SpecimenIndex(np.stack(embeddings), sheet_metadata(dataset_dir, frame), backend_name=backend)
     datasets = [{"path": str(Path(dataset_dir).resolve()), "split": split, "count": len(frame)}]
     return index.save(out_dir, {**_index_info(loaded, datasets), "backend_requested": backend})
 
