@@ -3,9 +3,11 @@
 The server runs in its own process (so it does not share the client's GIL) and listens on
 ``hosts`` loopback ports, each one "host" to the per-host cap. It serves
 ``/img/<n>.jpg`` (64 distinct noise JPEGs of ~3 KB, optionally after ``--latency``
-seconds, as a far-away server would) and ``/_stats`` (requests served and the most in
-flight at once, per port). Each measurement downloads every URL into a fresh folder,
-then runs again to time the resume (which should ask nothing).
+seconds, as a far-away server would) and ``/_stats`` (requests and bytes served and the
+most in flight at once, per port). With ``--image-size WxH --distinct N`` it serves N
+sheet-sized JPEGs instead (:func:`_sheets`), each of its own content. Each measurement
+downloads every URL into a fresh folder, then runs again to time the resume (which should
+ask nothing).
 
     python benchmarks/download_polite.py                      # quick: 2,000 URLs, 8 hosts
     python benchmarks/download_polite.py --full               # 20,000 URLs, 64 hosts
@@ -51,10 +53,51 @@ def _jpegs(count: int = DISTINCT_IMAGES, size: int = 48) -> list[bytes]:
     return out
 
 
+def _sheets(count: int, size: tuple[int, int], seed: int = 0, grain: int = 3) -> list[bytes]:
+    """``count`` sheet-like JPEGs (~170 KB at 1200×1680), each of different bytes and content.
+
+    A smooth random colour field with a few shapes, so that no two are near duplicates by
+    perceptual hash, under a paper-like grain that gives the bytes of a real sheet's web copy.
+    The grain is one shared layer cropped at a random offset: drawing it per image costs
+    more than all the rest.
+    """
+    import numpy as np
+    from PIL import Image, ImageChops, ImageDraw
+
+    width, height = size
+    margin = 64
+    rng = np.random.default_rng(seed)
+    layer = Image.fromarray(rng.integers(0, 2 * grain + 1, (height + margin, width + margin), dtype=np.uint8))
+    layer = layer.convert("RGB")
+    out = []
+    for index in range(count):
+        rng = np.random.default_rng([seed, index])
+        field = Image.fromarray(rng.integers(0, 256, (7, 5, 3), dtype=np.uint8))
+        # bicubic to a quarter, then bilinear: as smooth as bicubic all the way, at half the cost
+        image = field.resize((width // 4, height // 4), Image.Resampling.BICUBIC).resize(
+            size, Image.Resampling.BILINEAR)
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+            dx, dy = int(rng.integers(20, width // 4)), int(rng.integers(20, height // 4))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            if rng.random() < 0.5:
+                draw.ellipse((x - dx, y - dy, x + dx, y + dy), fill=colour)
+            else:
+                draw.line((x, y, x + dx, y + dy), fill=colour, width=int(rng.integers(2, 12)))
+        left, top = (int(v) for v in rng.integers(0, margin, 2))
+        image = ImageChops.add(image, layer.crop((left, top, left + width, top + height)), 1.0, -grain)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        out.append(buffer.getvalue())
+    return out
+
+
 class _Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.served = 0
+        self.bytes = 0
         self.connections = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -79,10 +122,10 @@ class _Handler(BaseHTTPRequestHandler):
         stats: _Stats = self.server.stats  # type: ignore[attr-defined]
         if self.path in ("/_stats", "/_stats?reset=1"):
             with stats.lock:
-                body = json.dumps({"served": stats.served, "max_in_flight": stats.max_in_flight,
+                body = json.dumps({"served": stats.served, "bytes": stats.bytes, "max_in_flight": stats.max_in_flight,
                                    "connections": stats.connections}).encode()
                 if self.path.endswith("reset=1"):
-                    stats.served = stats.max_in_flight = stats.connections = 0
+                    stats.served = stats.bytes = stats.max_in_flight = stats.connections = 0
             return self._send(body, "application/json")
         with stats.lock:
             stats.in_flight += 1
@@ -96,6 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         with stats.lock:  # before writing: the client cannot have sent its next request yet
             stats.in_flight -= 1
             stats.served += 1
+            stats.bytes += len(body)
         if not body:
             self.send_response(404)
             self.send_header("Content-Length", "0")
@@ -119,9 +163,10 @@ class _Server(ThreadingHTTPServer):
         pass
 
 
-def _serve_child(hosts: int, latency: float) -> None:
+def _serve_child(hosts: int, latency: float, image_size: tuple[int, int] | None = None,
+                 distinct: int = DISTINCT_IMAGES) -> None:
     """The server process: ``hosts`` ports; prints them as JSON, serves until stdin closes."""
-    images = _jpegs()
+    images = _sheets(distinct, image_size) if image_size else _jpegs(distinct)
     servers = []
     for _ in range(hosts):
         server = _Server(("127.0.0.1", 0), _Handler)
@@ -135,14 +180,20 @@ def _serve_child(hosts: int, latency: float) -> None:
         server.server_close()
 
 
-def start_image_server(hosts: int, *, latency: float = 0.0) -> tuple[list[str], Callable[[], None]]:
+def start_image_server(hosts: int, *, latency: float = 0.0, image_size: tuple[int, int] | None = None,
+                       distinct: int = DISTINCT_IMAGES) -> tuple[list[str], Callable[[], None]]:
     """Start the JPEG server in a child process; return its base URLs (one per host) and a stop callback.
 
-    A subprocess, not :mod:`multiprocessing`, so that a calling script needs no
-    ``if __name__ == "__main__"`` guard.
+    It serves ``distinct`` different images, URL ``n`` getting image ``n % distinct``: tiny
+    noise JPEGs, or with ``image_size`` (width, height) sheet-sized ones (rendered at
+    startup, ~30 ms each on one core). A subprocess, not :mod:`multiprocessing`, so that a
+    calling script needs no ``if __name__ == "__main__"`` guard.
     """
-    child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "_child", "--hosts", str(hosts),
-                              "--latency", str(latency)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "_child", "--hosts", str(hosts),
+               "--latency", str(latency), "--distinct", str(distinct)]
+    if image_size:
+        command += ["--image-size", f"{image_size[0]}x{image_size[1]}"]
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdin is not None and child.stdout is not None
     line = child.stdout.readline()
     if not line:
@@ -175,7 +226,7 @@ def write_url_list(urls: list[str], path: Path) -> Path:
 
 
 def server_stats(bases: list[str], *, reset: bool = False) -> dict[str, dict[str, int]]:
-    """Per host: images served and the most requests in flight at once (since the last reset)."""
+    """Per host: images and bytes served and the most requests in flight at once (since the last reset)."""
     with httpx.Client() as client:
         return {base: client.get(base + ("/_stats?reset=1" if reset else "/_stats")).json() for base in bases}
 
@@ -242,6 +293,14 @@ def measure(urls: int, hosts: int, *, workers: int = 16, per_host: int = 2, late
     return result
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1200x1680, not {text!r}") from None
+    return width, height
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", nargs="?", choices=["measure", "serve", "_child"], default="measure")
@@ -253,13 +312,17 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds the server waits before each image")
     parser.add_argument("--repeat", type=int, default=2, help="rounds (capped and uncapped alternate); medians")
     parser.add_argument("--url-list", type=Path, default=None, help="serve: write the URLs here, one per line")
+    parser.add_argument("--image-size", type=_size, default=None, metavar="WxH",
+                        help="serve sheet-like JPEGs of this size (e.g. 1200x1680) instead of tiny noise")
+    parser.add_argument("--distinct", type=int, default=DISTINCT_IMAGES, metavar="N", help="distinct images served")
     args = parser.parse_args()
     urls = args.urls or (20_000 if args.full else 2_000)
     hosts = args.hosts or (64 if args.full else 8)
     if args.mode == "_child":
-        return _serve_child(hosts, args.latency)
+        return _serve_child(hosts, args.latency, args.image_size, args.distinct)
     if args.mode == "serve":
-        bases, stop = start_image_server(hosts, latency=args.latency)
+        bases, stop = start_image_server(hosts, latency=args.latency, image_size=args.image_size,
+                                         distinct=args.distinct)
         if args.url_list:
             write_url_list(make_urls(bases, urls), args.url_list)
         print(json.dumps({"bases": bases, "url_list": str(args.url_list) if args.url_list else None}), flush=True)

@@ -15,7 +15,8 @@ time, and HNSW's recall@10 against exact search. Backends:
 * ``torch``      — the same product with ``torch.mm`` + ``topk`` (comparison only);
 * ``faiss-flat`` — exact IndexFlatIP (herbid uses it only when asked: slower than numpy
   with faiss-cpu on 2 cores);
-* ``faiss-hnsw`` — herbid's default from ``HNSW_THRESHOLD`` vectors (approximate);
+* ``faiss-hnsw`` — approximate, used only when asked for (``auto`` picks faiss IVF from
+  ``IVF_THRESHOLD`` vectors: see ``benchmarks/similar_search_scale.py``);
   built only up to ``--hnsw-max`` vectors (default 20k): building the graph takes ~30 s
   per 20k × 1280 vectors on 2 cores and grows super-linearly, so 100k or 1M would not
   fit this benchmark's 5-minute budget. Its recall on random 1280-d vectors (no cluster

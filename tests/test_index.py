@@ -26,8 +26,8 @@ from herbid.data.synthetic import make_synthetic_collection
 from herbid.identification.index import (
     BACKENDS,
     EMBEDDINGS,
-    HNSW_THRESHOLD,
     INDEX_JSON,
+    IVF_THRESHOLD,
     METADATA,
     METADATA_COLUMNS,
     SpecimenIndex,
@@ -258,7 +258,8 @@ def test_backend_choice_is_a_registry() -> None:
     faiss = BACKENDS["faiss-flat"].available()
     assert choose_backend(10) == "numpy"  # exact; faiss-flat only when asked for
     assert choose_backend(10, "faiss-flat") == ("faiss-flat" if faiss else "numpy")
-    assert choose_backend(HNSW_THRESHOLD) == ("faiss-hnsw" if faiss else "numpy")
+    assert choose_backend(IVF_THRESHOLD) == ("faiss-ivf" if faiss else "numpy")
+    assert choose_backend(IVF_THRESHOLD, "faiss-hnsw") == ("faiss-hnsw" if faiss else "numpy")
     assert choose_backend(10, "numpy") == "numpy"
     with pytest.raises(ValueError, match="unknown search backend"):
         choose_backend(10, "annoy")

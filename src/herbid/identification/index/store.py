@@ -264,6 +264,7 @@ class SpecimenIndex:
             stale = getattr(backend, "file", None)
             if stale and backend.name != self.backend_name:
                 (folder / stale).unlink(missing_ok=True)
+                (folder / f"{stale}.sha256").unlink(missing_ok=True)
         with atomic_path(folder / EMBEDDINGS) as tmp, open(tmp, "wb") as handle:
             np.save(handle, np.ascontiguousarray(self.embeddings, dtype=np.float32))
         with atomic_path(folder / METADATA) as tmp:
