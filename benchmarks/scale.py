@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,13 +72,16 @@ def run_shards(size: str) -> dict[str, Any]:
 def run_index(size: int) -> dict[str, Any]:
     from similar_search_scale import measure
 
-    return measure(size)
+    # HNSW's build is ~70 min at 1M on 2 cores and IVF-Flat holds a second float32 copy
+    # (similar_search_scale.py measures both at 100k); exact numpy is the baseline
+    backends = ("numpy", "faiss-ivf") if size > 100_000 else ("numpy", "faiss-ivf", "ivf-flat", "faiss-hnsw")
+    return measure(size, backends=backends)
 
 
-def run_downloads(size: int) -> dict[str, Any]:
+def run_downloads(size: int, img2dataset: str | None = None) -> dict[str, Any]:
     from downloaders import measure
 
-    return measure(urls=size)
+    return measure(urls=size, img2dataset=img2dataset)
 
 
 SECTIONS: dict[str, Callable[[Any], Any]] = {
@@ -86,19 +90,42 @@ SECTIONS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def run_section(name: str, size: Any, img2dataset: str | None) -> Any:
+    """One section in a fresh interpreter: peak-memory figures (``ru_maxrss`` is inherited
+    by children and kept across ``exec``) must not carry an earlier section's high-water mark."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "section.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--size", json.dumps(size),
+                   "--section-out", str(out)]
+        if img2dataset:
+            command += ["--img2dataset", img2dataset]
+        subprocess.run(command, check=True)
+        return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="issue 14's sizes (an hour or more on 2 cores)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--img2dataset", default=None,
+                        help="img2dataset executable (its own venv; default: on PATH) for the downloads section")
+    parser.add_argument("--section", choices=list(SECTIONS), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=json.loads, help=argparse.SUPPRESS)
+    parser.add_argument("--section-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.section:  # the child of run_section
+        size = tuple(args.size) if isinstance(args.size, list) else args.size
+        extra = {"img2dataset": args.img2dataset} if args.section == "downloads" else {}
+        args.section_out.write_text(json.dumps(SECTIONS[args.section](size, **extra), default=str))
+        return {}
     results: dict[str, Any] = {"herbid_version": herbid.__version__, "machine": platform.platform(),
                                "full": args.full, "sections": {}}
     for name in args.only:
         size = SIZES[name][1 if args.full else 0]
         print(f"== {name} ({size})", flush=True)
         started = time.perf_counter()
-        results["sections"][name] = SECTIONS[name](size)
+        results["sections"][name] = run_section(name, size, args.img2dataset)
         print(json.dumps(results["sections"][name], indent=1, default=str), flush=True)
         print(f"   {time.perf_counter() - started:.0f} s", flush=True)
         if args.json:  # written after every section, so a long run keeps what it measured

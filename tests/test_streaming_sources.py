@@ -26,6 +26,7 @@ from herbid.data.sources import dwca, media_index
 from herbid.data.sources.base import ProblemLog
 from herbid.data.sources.media import MediaRef
 from herbid.data.synthetic.archive import ArchiveSummary, write_dwca
+from test_sources_dwc import write_archive
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 DWC = "http://rs.tdwg.org/dwc/terms/"
@@ -153,17 +154,7 @@ def _hostile_archive(root: Path, zipped: bool) -> Path:
     media += "3,https://img.example/3.mp3,Sound,\n,https://x.example/y.jpg,,\n5,../../etc/passwd,,\n1,2\n"
     files = {"meta.xml": meta.encode(), "occ.csv": occ.encode() + "81,Viola caf\xe9,Lee\n".encode("latin-1"),
              "media.csv": media.encode()}
-    if zipped:
-        path = root / "hostile.zip"
-        with zipfile.ZipFile(path, "w") as archive:
-            for name, blob in files.items():
-                archive.writestr(name, blob)
-        return path
-    folder = root / "hostile"
-    folder.mkdir()
-    for name, blob in files.items():
-        (folder / name).write_bytes(blob)
-    return folder
+    return write_archive(root, files, zipped)
 
 
 def _read(location: Path) -> tuple[list[dict], Counter]:
