@@ -2,9 +2,9 @@
 
 Writes a synthetic DwC-A (:func:`herbid.data.synthetic.archive.write_dwca`: ROWS
 occurrences, 1-2 image URLs each on loopback hosts, in a multimedia extension), then runs
-``herbid dataset build ARCHIVE --out DIR --plan`` in a child process and reads the
-child's own peak RSS from ``wait4`` (what ``/usr/bin/time -v`` calls "Maximum resident
-set size"). Nothing is downloaded. With ``--baseline`` it also runs, in another child on
+``herbid dataset build ARCHIVE --out DIR --plan`` in a child process and samples the
+child's own peak RSS (``VmHWM``, what ``/usr/bin/time -v`` calls "Maximum resident set
+size"). Nothing is downloaded. With ``--baseline`` it also runs, in another child on
 the same archive, the list-based read the full build does before fetching
 (``read_sources`` + ``normalise_names``, every record held), for the ratio.
 
@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,22 +46,47 @@ print(len(records), len({r.source_path for r in records if is_url(r.source_path)
 """
 
 
+def _high_water_kib(pid: int) -> int:
+    """``VmHWM`` of a running process: the peak of its own address space since its ``exec``."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def child_peak(argv: list[str]) -> dict[str, Any]:
     """Run ``argv``; its wall and CPU seconds, exit code, output and peak RSS in bytes.
 
-    ``os.wait4`` gives this child's own rusage (``ru_maxrss`` is KiB on Linux); output
-    goes through files so that a chatty child cannot block on a full pipe meanwhile.
+    The peak is the child's ``VmHWM``, sampled every 10 ms: ``wait4``'s ``ru_maxrss``
+    would carry the parent's high-water mark into the child across fork and ``exec``
+    (a test session or an earlier benchmark section of several GB). Output goes through
+    files so that a chatty child cannot block on a full pipe meanwhile.
     """
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
+        peak = [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.01):
+                peak[0] = max(peak[0], _high_water_kib(child.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(child.pid, 0)
+        done.set()
+        sampler.join()
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
+        peak_kib = peak[0] or usage.ru_maxrss  # no /proc: the rusage figure, an upper bound
         return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "returncode": child.returncode,
-                "stdout": out.read(), "stderr": err.read(), "peak_rss_bytes": usage.ru_maxrss * 1024}
+                "stdout": out.read(), "stderr": err.read(), "peak_rss_bytes": peak_kib * 1024}
 
 
 def plan_command(archive: Path, out: Path) -> list[str]:

@@ -182,3 +182,17 @@ def test_build_on_ray_matches_local_on_real_sheets(shared_data: Path, local_ray:
         outs[engine] = build_dataset([source], tmp_path / engine, options)
     assert outs["local"].images == outs["ray"].images == 12
     _assert_same_builds(outs["local"].out, outs["ray"].out)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.parametrize("folder", ["harvard-herbaria", "ny-herbarium", "viola-dev", "cnh-portal"])
+def test_build_on_ray_matches_local_on_every_real_set(shared_data: Path, local_ray: None, tmp_path: Path,
+                                                      folder: str) -> None:
+    """Issue 14's parity on the real sets, whole: folders, a CSV with synonyms and verbatim
+    names (NY), byte-identical copies (CNH), 1000 px to 21 MP scans."""
+    outs = {engine: build_dataset([shared_data / folder], tmp_path / engine,
+                                  BuildOptions(workers=2, progress=False, engine=engine))
+            for engine in ("local", "ray")}
+    assert outs["local"].images == outs["ray"].images > 40
+    _assert_same_builds(outs["local"].out, outs["ray"].out)

@@ -9,6 +9,7 @@ watches the parent from a daemon thread, so a killed build leaves no orphans beh
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
@@ -23,7 +24,21 @@ _PR_SET_PDEATHSIG = 1
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes bound to the life of this one."""
-    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),),
+                               mp_context=_start_method())
+
+
+def _start_method() -> multiprocessing.context.BaseContext | None:
+    """``forkserver`` once this process runs Ray, else the platform default.
+
+    ``fork`` copies only the calling thread, with every lock Ray's gRPC and logging threads
+    held at that moment: a forked worker can wait on one of them forever (it hung a
+    local build run after a Ray build in one process).
+    """
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return multiprocessing.get_context("forkserver")
+    return None
 
 
 def _die_with_parent(parent_pid: int) -> None:
