@@ -296,13 +296,18 @@ def _results_table(results: list[list[Any]]) -> Any:
 def make_engine(name: str = "local", *, workers: int = 1, address: str | None = None,
                 gpus: bool = True) -> LocalEngine | RayEngine:
     """The engine called ``name``; close it when done (or use :func:`open_engine`)."""
-    if name not in ENGINES:
-        raise InvalidOption(f"engine {name!r}: expected one of {', '.join(ENGINES)}")
+    check_engine(name, address)
     if name == "local":
-        if address:
-            raise InvalidOption("--address needs --engine ray")
         return LocalEngine(workers)
     return RayEngine(workers, address, gpus=gpus)
+
+
+def check_engine(name: str, address: str | None = None) -> None:
+    """Refuse an unknown engine, or a cluster address without ``ray`` (before any work starts)."""
+    if name not in ENGINES:
+        raise InvalidOption(f"engine {name!r}: expected one of {', '.join(ENGINES)}")
+    if address and name != "ray":
+        raise InvalidOption("--address needs --engine ray")
 
 
 @contextmanager

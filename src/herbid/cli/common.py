@@ -61,7 +61,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``engine``/``address`` keyword arguments from :func:`add_engine_arguments`'s options."""
-    if args.address and args.engine != "ray":
-        raise CommandError("--address needs --engine ray")
+    """``engine``/``address`` keyword arguments from :func:`add_engine_arguments`'s options,
+    checked before the command starts any work."""
+    from herbid.engine import check_engine
+
+    check_engine(args.engine, args.address)
     return {"engine": args.engine, "address": args.address}
